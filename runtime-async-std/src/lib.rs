@@ -1,0 +1,1 @@
+//! redis-entraid driver for the async-std runtime (filled by its own issue)

@@ -1,0 +1,1 @@
+//! redis-entraid driver for the tokio runtime (filled by its own issue)

@@ -1,0 +1,1 @@
+//! Scenario and end-to-end tests shared by every runtime
