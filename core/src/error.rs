@@ -256,6 +256,9 @@ pub enum FetchError {
     /// The response carried no lifetime at all (no `expires_in`, `expires_on` nor JWT `exp`)
     #[error("unusable token: the response has no expires_in, no expires_on and the token has no exp claim")]
     NoLifetime,
+    /// The token was already expired when it arrived (a stale cache or a skewed provider clock)
+    #[error("unusable token: it had already expired when it arrived")]
+    AlreadyExpired,
 }
 
 impl FetchError {
@@ -266,7 +269,7 @@ impl FetchError {
         match self {
             FetchError::Transport(e) => e.retryable,
             FetchError::Response(e) => e.retryable,
-            FetchError::TimedOut { .. } => true,
+            FetchError::TimedOut { .. } | FetchError::AlreadyExpired => true,
             FetchError::Token(_) | FetchError::NoLifetime => false,
         }
     }

@@ -1,0 +1,160 @@
+//! What the machine asks of its driver: actions, events, ids and status
+
+use std::time::Instant;
+
+use crate::error::{FetchError, ReauthError};
+use crate::token::Credentials;
+
+/// Identifies one token request; a response with another id is stale and ignored
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestId(pub u64);
+
+/// Counts the credentials pushed to connections; each new token gets the next one
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Generation(pub u64);
+
+/// The next thing the driver must do, from [`TokenManager::poll_action`]
+///
+/// [`TokenManager::poll_action`]: crate::machine::TokenManager::poll_action
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Action {
+    /// Start a token request now; report it with `handle_response(id, ..)`. Give up at
+    /// `deadline` (the machine also times the request out itself at that instant).
+    FetchToken {
+        /// Echo this in `handle_response`
+        id: RequestId,
+        /// 1 for the first try after a success, counting up while failures last
+        attempt: u32,
+        /// When the request must be abandoned
+        deadline: std::time::Instant,
+    },
+    /// Send `AUTH <username> <password>` on every live connection; report the outcome with
+    /// `handle_reauth_result(generation, ..)`
+    Reauthenticate {
+        /// The new credentials
+        credentials: Credentials,
+        /// Their generation
+        generation: Generation,
+    },
+    /// Something the application may want to know (log it, count it, alert on it)
+    Event(Event),
+    /// Nothing more to do until `until` (call `handle_timeout` then) or until an input arrives;
+    /// `None` means wait for input only. Always the last action of a drain.
+    Wait {
+        /// The next deadline
+        until: Option<std::time::Instant>,
+    },
+}
+
+/// Observable facts, for logs, metrics and alerts
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A new token arrived and was handed to connections
+    Refreshed {
+        /// Its generation
+        generation: Generation,
+        /// When it expires
+        expires_at: Instant,
+        /// When the next refresh is planned
+        refresh_at: Instant,
+    },
+    /// The provider answered with a token that is not newer than the current one (a cached
+    /// token); it was not pushed to connections and the next refresh was re-planned
+    TokenNotNewer {
+        /// Expiry of the token connections keep using
+        expires_at: Instant,
+        /// When the next refresh is planned
+        refresh_at: Instant,
+    },
+    /// A token request failed; another is planned
+    FetchFailed {
+        /// Consecutive failures so far, this one included
+        attempt: u32,
+        /// Why it failed
+        error: FetchError,
+        /// Whether the retry policy judged it retryable (quick backoff) or not (max delay)
+        retryable: bool,
+        /// When the next request starts
+        next_attempt_at: Instant,
+    },
+    /// `max_attempts` consecutive failures: reported once per failure streak. The machine
+    /// keeps trying every `max_delay`; it never stops on its own.
+    RetriesExhausted {
+        /// Consecutive failures
+        attempts: u32,
+        /// The last error
+        last_error: FetchError,
+    },
+    /// The current token expired before a replacement arrived; connections will be closed by
+    /// the server until a new token is pushed
+    Expired {
+        /// Generation of the token that ran out
+        generation: Generation,
+    },
+    /// Connections refused the new credentials; a fresh token is fetched when Redis rejected
+    /// the token itself
+    ReauthFailed {
+        /// Generation that failed
+        generation: Generation,
+        /// Why
+        error: ReauthError,
+    },
+    /// `shutdown` was called; the machine emits nothing more
+    Stopped,
+}
+
+/// Where the machine stands, from [`TokenManager::status`]
+///
+/// [`TokenManager::status`]: crate::machine::TokenManager::status
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Status {
+    /// No token yet
+    Starting {
+        /// Consecutive failures so far
+        failures: u32,
+    },
+    /// A valid token, no failures since it arrived
+    Valid {
+        /// Its generation
+        generation: Generation,
+        /// When it expires
+        expires_at: Instant,
+    },
+    /// A valid token, but refreshing it is failing
+    Retrying {
+        /// Its generation
+        generation: Generation,
+        /// When it expires
+        expires_at: Instant,
+        /// Consecutive failures
+        failures: u32,
+    },
+    /// The last token expired and no replacement has arrived
+    Expired {
+        /// Generation of the expired token
+        generation: Generation,
+        /// Consecutive failures
+        failures: u32,
+    },
+    /// `shutdown` was called
+    Stopped,
+}
+
+/// Why the machine wants to be woken, from [`TokenManager::timeout_reason`]
+///
+/// [`TokenManager::timeout_reason`]: crate::machine::TokenManager::timeout_reason
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum TimerKind {
+    /// The planned refresh of a valid token
+    Refresh,
+    /// The next try after a failure
+    Retry,
+    /// The in-flight request's deadline
+    RequestTimeout,
+    /// The current token's expiry
+    Expiry,
+}

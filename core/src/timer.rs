@@ -1,0 +1,97 @@
+//! Named monotonic deadlines; the earliest is the machine's next wake-up
+
+use std::time::Instant;
+
+use crate::event::TimerKind;
+
+const KINDS: [TimerKind; 4] = [
+    TimerKind::RequestTimeout,
+    TimerKind::Expiry,
+    TimerKind::Retry,
+    TimerKind::Refresh,
+];
+
+/// One optional deadline per [`TimerKind`] (quinn's timer table)
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TimerTable {
+    deadlines: [Option<Instant>; 4],
+}
+
+fn slot(kind: TimerKind) -> usize {
+    match kind {
+        TimerKind::RequestTimeout => 0,
+        TimerKind::Expiry => 1,
+        TimerKind::Retry => 2,
+        TimerKind::Refresh => 3,
+    }
+}
+
+impl TimerTable {
+    /// Sets (or moves) a deadline
+    pub fn set(&mut self, kind: TimerKind, at: Instant) {
+        self.deadlines[slot(kind)] = Some(at);
+    }
+
+    /// Removes a deadline
+    pub fn stop(&mut self, kind: TimerKind) {
+        self.deadlines[slot(kind)] = None;
+    }
+
+    /// The deadline of `kind`, if set
+    pub fn get(&self, kind: TimerKind) -> Option<Instant> {
+        self.deadlines[slot(kind)]
+    }
+
+    /// Removes every deadline
+    pub fn clear(&mut self) {
+        self.deadlines = [None; 4];
+    }
+
+    /// Whether `kind` is set and due at `now`; a due deadline is removed
+    pub fn take_due(&mut self, kind: TimerKind, now: Instant) -> bool {
+        match self.deadlines[slot(kind)] {
+            Some(at) if at <= now => {
+                self.deadlines[slot(kind)] = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The earliest deadline and its kind; ties go to the kind listed first in `TimerKind`
+    /// order of urgency (request timeout, expiry, retry, refresh)
+    pub fn next(&self) -> Option<(Instant, TimerKind)> {
+        KINDS
+            .iter()
+            .filter_map(|&kind| self.get(kind).map(|at| (at, kind)))
+            .min_by_key(|&(at, _)| at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn next_is_the_earliest_deadline_and_take_due_removes_it() {
+        #[allow(clippy::disallowed_methods)] // tests need one real epoch
+        let t0 = Instant::now();
+        let mut table = TimerTable::default();
+        assert_eq!(table.next(), None);
+        table.set(TimerKind::Refresh, t0 + Duration::from_secs(10));
+        table.set(TimerKind::Expiry, t0 + Duration::from_secs(20));
+        assert_eq!(
+            table.next(),
+            Some((t0 + Duration::from_secs(10), TimerKind::Refresh))
+        );
+        assert!(!table.take_due(TimerKind::Refresh, t0));
+        assert!(table.take_due(TimerKind::Refresh, t0 + Duration::from_secs(10)));
+        assert_eq!(
+            table.next(),
+            Some((t0 + Duration::from_secs(20), TimerKind::Expiry))
+        );
+        table.clear();
+        assert_eq!(table.next(), None);
+    }
+}
