@@ -406,7 +406,7 @@ impl Default for Config {
             retry: RetryPolicy::default(),
             request_timeout: Duration::from_secs(10),
             username_override: None,
-            rng_seed: 0x5eed_0f_e17a,
+            rng_seed: 0x005e_ed0f_e17a,
         }
     }
 }

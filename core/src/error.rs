@@ -104,8 +104,8 @@ pub struct ResponseError {
     pub retryable: bool,
     /// How long the provider asked us to wait (`Retry-After`)
     pub retry_after: Option<Duration>,
-    /// Entra's structured error body, when there was one
-    pub entra: Option<EntraErrorBody>,
+    /// Entra's structured error body, when there was one (boxed: it is rare and large)
+    pub entra: Option<Box<EntraErrorBody>>,
 }
 
 impl ResponseError {
@@ -137,7 +137,7 @@ impl ResponseError {
     /// Attaches Entra's error body
     #[must_use]
     pub fn with_entra(mut self, body: EntraErrorBody) -> Self {
-        self.entra = Some(body);
+        self.entra = Some(Box::new(body));
         self
     }
 }

@@ -8,6 +8,7 @@
 use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use serde::Deserialize;
+use std::borrow::Cow;
 
 /// Tokens larger than this are rejected before decoding (Entra tokens are a few kilobytes).
 pub const MAX_TOKEN_LEN: usize = 64 * 1024;
@@ -63,9 +64,10 @@ pub enum JwtError {
 
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum Audience {
-    One(String),
-    Many(Vec<String>),
+enum Audience<'a> {
+    #[serde(borrow)]
+    One(Cow<'a, str>),
+    Many(Vec<Cow<'a, str>>),
 }
 
 #[derive(Deserialize)]
@@ -85,14 +87,18 @@ impl NumericDate {
     }
 }
 
+// Borrowed where the JSON has no escapes: decoding allocates only the claims we keep.
 #[derive(Deserialize)]
-struct RawClaims {
-    oid: Option<String>,
+struct RawClaims<'a> {
+    #[serde(borrow)]
+    oid: Option<Cow<'a, str>>,
     exp: Option<NumericDate>,
     iat: Option<NumericDate>,
     nbf: Option<NumericDate>,
-    tid: Option<String>,
-    aud: Option<Audience>,
+    #[serde(borrow)]
+    tid: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    aud: Option<Audience<'a>>,
 }
 
 /// Decodes the claims of a JWT without verifying it
@@ -150,15 +156,15 @@ pub fn decode_claims(token: &str) -> Result<Claims, JwtError> {
         ))
     })?;
     Ok(Claims {
-        oid: raw.oid,
+        oid: raw.oid.map(Cow::into_owned),
         exp: raw.exp.map(NumericDate::seconds),
         iat: raw.iat.map(NumericDate::seconds),
         nbf: raw.nbf.map(NumericDate::seconds),
-        tid: raw.tid,
+        tid: raw.tid.map(Cow::into_owned),
         aud: match raw.aud {
             None => Vec::new(),
-            Some(Audience::One(a)) => vec![a],
-            Some(Audience::Many(a)) => a,
+            Some(Audience::One(a)) => vec![a.into_owned()],
+            Some(Audience::Many(a)) => a.into_iter().map(Cow::into_owned).collect(),
         },
     })
 }

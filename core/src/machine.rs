@@ -357,7 +357,7 @@ impl TokenManager {
         }
         let refresh_hint = response.refresh_in.map(|s| add(sent_at, clamp_seconds(s)));
         Ok(Accepted {
-            credentials: Credentials::new(username, response.access_token.clone()),
+            credentials: Credentials::new(username, response.access_token),
             expires_at,
             refresh_hint,
         })

@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+pub mod ops;
+
 use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 

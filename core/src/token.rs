@@ -1,6 +1,7 @@
 //! Access tokens, Redis credentials and the abstract token response every identity flow produces
 
 use std::fmt;
+use std::sync::Arc;
 
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -35,19 +36,21 @@ impl fmt::Debug for AccessToken {
 /// What a connection sends in `AUTH <username> <password>`
 ///
 /// The username is the token's `oid` claim (or the configured override); the password is the
-/// access token. `Debug` shows the username and redacts the password.
+/// access token. `Debug` shows the username and redacts the password. Clones share one
+/// allocation (handing credentials to a thousand connections copies no token), and the token
+/// is zeroized when the last clone is dropped.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
-    username: String,
-    password: AccessToken,
+    username: Arc<str>,
+    password: Arc<AccessToken>,
 }
 
 impl Credentials {
     /// Pairs a username with a token
     pub fn new(username: impl Into<String>, password: AccessToken) -> Self {
         Self {
-            username: username.into(),
-            password,
+            username: Arc::from(username.into()),
+            password: Arc::new(password),
         }
     }
 
@@ -68,13 +71,6 @@ impl fmt::Debug for Credentials {
             .field("username", &self.username)
             .field("password", &format_args!("{REDACTED}"))
             .finish()
-    }
-}
-
-impl Drop for Credentials {
-    fn drop(&mut self) {
-        // The password zeroizes itself; the oid is not secret but costs nothing to clear.
-        self.username.zeroize();
     }
 }
 
