@@ -101,7 +101,7 @@ fn bench_step(c: &mut Criterion) {
 }
 
 fn bench_lifecycle(c: &mut Criterion) {
-    c.bench_function("24 h of 1 h tokens (10 rotations, one 503 each)", |b| {
+    c.bench_function("24 h of 1 h tokens, every second fetch answered 503", |b| {
         b.iter(|| {
             let mut n = 0usize;
             let mut h = Harness::new(Config::default(), move |_| {
