@@ -1,1 +1,15 @@
-//! redis-entraid driver for the blocking runtime (filled by its own issue)
+//! redis-entraid for synchronous Rust
+//!
+//! One driver thread per [`Provider`] runs the core's [`TokenManager`]: it sleeps with
+//! `recv_timeout` (which is also how commands wake it), fetches tokens on short-lived threads so
+//! a slow identity endpoint never delays anything else, and publishes each new token to every
+//! handle. Handles are cheap clones; dropping the last one stops and joins the thread.
+//!
+//! [`TokenManager`]: redis_entraid_core::machine::TokenManager
+
+mod provider;
+mod source;
+mod watch;
+
+pub use provider::{Provider, ProviderBuilder, Startup, StartupError, Subscription};
+pub use source::TokenSource;

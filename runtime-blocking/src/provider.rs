@@ -1,0 +1,488 @@
+//! The provider: one driver thread running the core's machine, and cheap cloneable handles
+
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use redis_entraid_core::config::Config;
+use redis_entraid_core::error::{FetchError, ReauthError, TransportError};
+use redis_entraid_core::event::{Action, Event, Generation, RequestId, Status};
+use redis_entraid_core::machine::TokenManager;
+use redis_entraid_core::token::{Credentials, TokenResponse};
+
+use crate::source::TokenSource;
+use crate::watch::Shared;
+
+/// What `build` waits for before it returns
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Startup {
+    /// Wait up to this long for the first token, through retries; fail with the last error
+    /// if none arrives in time
+    Wait(Duration),
+    /// Return at once; the first token arrives in the background
+    Lazy,
+    /// Wait for the first answer and fail on the first error, however retryable
+    FailFast,
+}
+
+impl Default for Startup {
+    fn default() -> Self {
+        Startup::Wait(Duration::from_secs(30))
+    }
+}
+
+/// Why a provider could not start
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartupError {
+    /// No token within the startup wait
+    #[error("no token within {waited:?} of starting{}", last_error.as_ref().map(|e| format!("; last error: {e}")).unwrap_or_default())]
+    TimedOut {
+        /// How long it waited
+        waited: Duration,
+        /// The last fetch error, if any
+        last_error: Option<FetchError>,
+    },
+    /// The first fetch failed (fail-fast startup)
+    #[error("the first token request failed: {0}")]
+    FetchFailed(FetchError),
+    /// The driver thread could not be started
+    #[error("could not start the redis-entraid driver thread: {0}")]
+    Spawn(#[source] std::io::Error),
+}
+
+enum Command {
+    Fetched {
+        id: RequestId,
+        result: Result<TokenResponse, FetchError>,
+        wall: SystemTime,
+    },
+    RefreshNow,
+    Reauth {
+        generation: Generation,
+        result: Result<(), ReauthError>,
+    },
+    Shutdown,
+}
+
+/// Builds a [`Provider`]
+#[derive(Clone, Debug, Default)]
+pub struct ProviderBuilder {
+    config: Config,
+    startup: Startup,
+    event_capacity: Option<usize>,
+}
+
+impl ProviderBuilder {
+    /// Refresh, retry and timeout settings
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// What [`build`](Self::build) waits for
+    pub fn startup(mut self, startup: Startup) -> Self {
+        self.startup = startup;
+        self
+    }
+
+    /// Queue length of each [`Provider::events`] receiver (default 256); a subscriber that
+    /// falls further behind loses events rather than slowing anyone down
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.event_capacity = Some(capacity);
+        self
+    }
+
+    /// Starts the driver thread and applies the startup policy
+    ///
+    /// # Errors
+    /// [`StartupError`] when the thread cannot start, or when the startup policy is not met
+    /// (the driver is then shut down).
+    pub fn build(self, source: impl TokenSource) -> Result<Provider, StartupError> {
+        let shared = Arc::new(Shared::new());
+        let (tx, rx) = mpsc::channel();
+        let driver = Driver {
+            machine: TokenManager::new(self.config.clone(), Instant::now()),
+            source: Arc::new(source),
+            shared: Arc::clone(&shared),
+            commands: rx,
+            loopback: tx.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("redis-entraid".to_owned())
+            .spawn(move || driver.run())
+            .map_err(StartupError::Spawn)?;
+        let provider = Provider {
+            inner: Arc::new(Inner {
+                shared,
+                commands: tx,
+                thread: Some(thread),
+                config: self.config,
+                event_capacity: self.event_capacity.unwrap_or(256),
+            }),
+        };
+        match self.startup {
+            Startup::Lazy => Ok(provider),
+            Startup::Wait(waited) => {
+                let got = provider
+                    .inner
+                    .shared
+                    .wait_until(Some(waited), |s| s.latest.as_ref().map(|_| ()));
+                match got {
+                    Some(()) => Ok(provider),
+                    None => Err(StartupError::TimedOut {
+                        waited,
+                        last_error: provider.inner.shared.lock().last_error.clone(),
+                    }),
+                }
+            }
+            Startup::FailFast => {
+                let outcome = provider.inner.shared.wait_until(None, |s| {
+                    if s.latest.is_some() {
+                        Some(Ok(()))
+                    } else if s.failures_before_first_token > 0 || s.stopped {
+                        Some(Err(s.last_error.clone()))
+                    } else {
+                        None
+                    }
+                });
+                match outcome {
+                    Some(Ok(())) => Ok(provider),
+                    Some(Err(Some(e))) => Err(StartupError::FetchFailed(e)),
+                    _ => Err(StartupError::FetchFailed(FetchError::from(
+                        TransportError::permanent("the driver stopped before the first token"),
+                    ))),
+                }
+            }
+        }
+    }
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    commands: Sender<Command>,
+    thread: Option<JoinHandle<()>>,
+    config: Config,
+    event_capacity: usize,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Shutdown);
+        if let Some(thread) = self.thread.take() {
+            // The driver only ever waits on its command channel, so it sees the shutdown at
+            // once; fetch threads it left behind end with their own timeouts.
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A running token provider: a cheap, cloneable handle to one driver thread
+///
+/// Dropping the last clone shuts the driver down and joins its thread.
+#[derive(Clone)]
+pub struct Provider {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Provider")
+            .field("status", &self.status())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Provider {
+    /// A builder with the default configuration and startup policy
+    pub fn builder() -> ProviderBuilder {
+        ProviderBuilder::default()
+    }
+
+    /// The latest credentials, if a token has arrived (check [`status`](Self::status) for
+    /// whether they expired)
+    pub fn credentials(&self) -> Option<Credentials> {
+        self.inner
+            .shared
+            .lock()
+            .latest
+            .as_ref()
+            .map(|(_, c)| c.clone())
+    }
+
+    /// The latest credentials and their generation
+    pub fn current(&self) -> Option<(Generation, Credentials)> {
+        self.inner.shared.lock().latest.clone()
+    }
+
+    /// Waits up to `timeout` for credentials newer than `generation` (any, for `None`)
+    pub fn wait_newer(
+        &self,
+        generation: Option<Generation>,
+        timeout: Duration,
+    ) -> Option<(Generation, Credentials)> {
+        self.inner.shared.wait_until(Some(timeout), |s| {
+            if s.stopped {
+                return s.latest.clone();
+            }
+            match (&s.latest, generation) {
+                (Some((g, c)), Some(seen)) if *g > seen => Some((*g, c.clone())),
+                (Some((g, c)), None) => Some((*g, c.clone())),
+                _ => None,
+            }
+        })
+    }
+
+    /// A latest-value view of the credentials: never queues, never back-pressures the driver
+    pub fn subscribe(&self) -> Subscription {
+        Subscription {
+            provider: self.clone(),
+            seen: None,
+        }
+    }
+
+    /// Every event from now on, on a bounded queue of its own
+    pub fn events(&self) -> Receiver<Event> {
+        self.inner
+            .shared
+            .subscribe_events(self.inner.event_capacity)
+    }
+
+    /// Events dropped because a subscriber's queue was full
+    pub fn dropped_events(&self) -> u64 {
+        self.inner.shared.dropped_events.load(Ordering::Relaxed)
+    }
+
+    /// Where the machine stands
+    pub fn status(&self) -> Status {
+        self.inner.shared.lock().status
+    }
+
+    /// The last fetch error since the last success, if any
+    pub fn last_error(&self) -> Option<FetchError> {
+        self.inner.shared.lock().last_error.clone()
+    }
+
+    /// The configuration
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Fetches a new token as soon as the minimum refresh interval allows
+    pub fn refresh_now(&self) {
+        let _ = self.inner.commands.send(Command::RefreshNow);
+    }
+
+    /// Reports how a connection took the credentials of `generation`; a rejection of the
+    /// token (`WRONGPASS`, `NOAUTH`) makes the driver fetch a fresh one
+    pub fn report_reauth(&self, generation: Generation, result: Result<(), ReauthError>) {
+        let _ = self
+            .inner
+            .commands
+            .send(Command::Reauth { generation, result });
+    }
+
+    /// Stops the driver now (other clones then see [`Status::Stopped`])
+    pub fn shutdown(&self) {
+        let _ = self.inner.commands.send(Command::Shutdown);
+        self.inner
+            .shared
+            .wait_until(Some(Duration::from_secs(5)), |s| s.stopped.then_some(()));
+    }
+}
+
+/// A latest-value subscription to a provider's credentials
+#[derive(Clone, Debug)]
+pub struct Subscription {
+    provider: Provider,
+    seen: Option<Generation>,
+}
+
+impl Subscription {
+    /// Credentials newer than the last ones this subscription returned, if any
+    pub fn next_if_changed(&mut self) -> Option<(Generation, Credentials)> {
+        let (generation, credentials) = self.provider.current()?;
+        if self.seen.is_some_and(|seen| seen >= generation) {
+            return None;
+        }
+        self.seen = Some(generation);
+        Some((generation, credentials))
+    }
+
+    /// Waits up to `timeout` for newer credentials
+    pub fn wait_changed(&mut self, timeout: Duration) -> Option<(Generation, Credentials)> {
+        let (generation, credentials) = self.provider.wait_newer(self.seen, timeout)?;
+        if self.seen.is_some_and(|seen| seen >= generation) {
+            return None;
+        }
+        self.seen = Some(generation);
+        Some((generation, credentials))
+    }
+}
+
+struct Driver {
+    machine: TokenManager,
+    source: Arc<dyn TokenSource>,
+    shared: Arc<Shared>,
+    commands: Receiver<Command>,
+    loopback: Sender<Command>,
+}
+
+impl Driver {
+    fn run(mut self) {
+        loop {
+            let until = self.drain();
+            if self.shared.lock().stopped {
+                return;
+            }
+            let received = match until {
+                Some(until) => self
+                    .commands
+                    .recv_timeout(until.saturating_duration_since(Instant::now())),
+                None => self
+                    .commands
+                    .recv()
+                    .map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            let now = Instant::now();
+            match received {
+                Ok(Command::Fetched { id, result, wall }) => {
+                    self.machine.handle_response(id, result, wall, now);
+                }
+                Ok(Command::RefreshNow) => self.machine.refresh_now(now),
+                Ok(Command::Reauth { generation, result }) => {
+                    self.machine.handle_reauth_result(generation, result, now);
+                }
+                Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
+                    self.machine.shutdown(now)
+                }
+                Err(RecvTimeoutError::Timeout) => self.machine.handle_timeout(now),
+            }
+        }
+    }
+
+    fn drain(&mut self) -> Option<Instant> {
+        loop {
+            match self.machine.poll_action() {
+                Action::Wait { until } => {
+                    let status = self.machine.status();
+                    self.shared.update(|s| s.status = status);
+                    return until;
+                }
+                Action::FetchToken {
+                    id,
+                    attempt,
+                    deadline,
+                } => self.spawn_fetch(id, attempt, deadline),
+                Action::Reauthenticate {
+                    credentials,
+                    generation,
+                } => {
+                    tracing::info!(
+                        generation = generation.0,
+                        username = credentials.username(),
+                        "new credentials"
+                    );
+                    let status = self.machine.status();
+                    self.shared.update(|s| {
+                        s.latest = Some((generation, credentials));
+                        s.last_error = None;
+                        s.status = status;
+                    });
+                }
+                Action::Event(event) => self.on_event(event),
+                _ => {}
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match &event {
+            Event::FetchFailed {
+                attempt,
+                error,
+                next_attempt_at,
+                ..
+            } => {
+                tracing::warn!(
+                    attempt,
+                    retry_in_ms = next_attempt_at
+                        .saturating_duration_since(Instant::now())
+                        .as_millis() as u64,
+                    "token request failed: {error}"
+                );
+                let error = error.clone();
+                self.shared.update(|s| {
+                    if s.latest.is_none() {
+                        s.failures_before_first_token += 1;
+                    }
+                    s.last_error = Some(error);
+                });
+            }
+            Event::RetriesExhausted {
+                attempts,
+                last_error,
+            } => {
+                tracing::error!(
+                    attempts,
+                    "token refresh keeps failing, still retrying: {last_error}"
+                );
+            }
+            Event::Expired { generation } => {
+                tracing::error!(
+                    generation = generation.0,
+                    "token expired before a replacement arrived"
+                );
+            }
+            Event::ReauthFailed { generation, error } => {
+                tracing::warn!(
+                    generation = generation.0,
+                    "re-authentication failed: {error}"
+                );
+            }
+            Event::Stopped => {
+                self.shared.update(|s| {
+                    s.stopped = true;
+                    s.status = Status::Stopped;
+                });
+            }
+            _ => tracing::debug!(?event, "token event"),
+        }
+        self.shared.publish_event(&event);
+    }
+
+    fn spawn_fetch(&self, id: RequestId, attempt: u32, deadline: Instant) {
+        let source = Arc::clone(&self.source);
+        let reply = self.loopback.clone();
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        tracing::debug!(
+            request = id.0,
+            attempt,
+            timeout_ms = timeout.as_millis() as u64,
+            "fetching a token"
+        );
+        let spawned = std::thread::Builder::new()
+            .name("redis-entraid-fetch".to_owned())
+            .spawn(move || {
+                let result = source.fetch(timeout);
+                let _ = reply.send(Command::Fetched {
+                    id,
+                    result,
+                    wall: SystemTime::now(),
+                });
+            });
+        if let Err(e) = spawned {
+            let _ = self.loopback.send(Command::Fetched {
+                id,
+                result: Err(TransportError::new("could not start a fetch thread")
+                    .with_source(e)
+                    .into()),
+                wall: SystemTime::now(),
+            });
+        }
+    }
+}
