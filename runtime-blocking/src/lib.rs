@@ -8,6 +8,8 @@
 //! [`TokenManager`]: redis_entraid_core::machine::TokenManager
 
 mod provider;
+#[cfg(feature = "redis")]
+pub mod redis_sync;
 mod source;
 mod watch;
 
