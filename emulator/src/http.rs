@@ -594,7 +594,7 @@ async fn entra(
         if d.claim_str("iss") == Some(state.federated_issuer.as_str()) {
             match verify_federated(state, &d, client_id) {
                 Ok(s) => (s, "2"),
-                Err(r) => return r,
+                Err(r) => return *r,
             }
         } else {
             if !client_id.eq_ignore_ascii_case(&sp.client_id) {
@@ -607,7 +607,7 @@ async fn entra(
                 );
             }
             if let Err(r) = verify_certificate_assertion(state, &d, client_id, &token_url) {
-                return r;
+                return *r;
             }
             (Subject::from(sp), "2")
         }
@@ -632,9 +632,15 @@ fn verify_certificate_assertion(
     d: &Decoded<'_>,
     client_id: &str,
     token_url: &str,
-) -> Result<(), Resp> {
-    let unauthorized =
-        |code: u32, text: &str| entra_error(StatusCode::UNAUTHORIZED, "invalid_client", code, text);
+) -> Result<(), Box<Resp>> {
+    let unauthorized = |code: u32, text: &str| {
+        Box::new(entra_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            code,
+            text,
+        ))
+    };
     let s256 = d.header.get("x5t#S256").and_then(Value::as_str);
     let s1 = d.header.get("x5t").and_then(Value::as_str);
     let cert = state.certs.iter().find(|c| {
@@ -670,9 +676,19 @@ fn verify_certificate_assertion(
     }
 }
 
-fn verify_federated(state: &HttpState, d: &Decoded<'_>, client_id: &str) -> Result<Subject, Resp> {
-    let fail =
-        |code: u32, text: &str| entra_error(StatusCode::BAD_REQUEST, "invalid_client", code, text);
+fn verify_federated(
+    state: &HttpState,
+    d: &Decoded<'_>,
+    client_id: &str,
+) -> Result<Subject, Box<Resp>> {
+    let fail = |code: u32, text: &str| {
+        Box::new(entra_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_client",
+            code,
+            text,
+        ))
+    };
     let ids = &state.identities;
     let sp = &ids.service_principal;
     let subject = if client_id.eq_ignore_ascii_case(&sp.client_id) {
@@ -684,12 +700,12 @@ fn verify_federated(state: &HttpState, d: &Decoded<'_>, client_id: &str) -> Resu
     {
         Subject::from(mi)
     } else {
-        return Err(entra_error(
+        return Err(Box::new(entra_error(
             StatusCode::BAD_REQUEST,
             "unauthorized_client",
             700016,
             &format!("Application with identifier '{client_id}' was not found in the directory."),
-        ));
+        )));
     };
     if d.verify(state.issuer.signer.public_key(), &[Alg::Rs256])
         .is_err()

@@ -1,5 +1,5 @@
 //! Each injected fault does what it says; the control API injects faults and reports counters.
-#![allow(clippy::unwrap_used, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::result_large_err, missing_docs)]
 
 mod common;
 
