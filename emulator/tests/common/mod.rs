@@ -1,5 +1,11 @@
 //! Helpers shared by the emulator's integration tests.
-#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used, clippy::result_large_err)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::result_large_err
+)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
