@@ -82,7 +82,7 @@ impl Issued {
 }
 
 pub(crate) fn whole_secs(d: Duration) -> u64 {
-    let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    let s = d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0));
     s.max(1)
 }
 
@@ -136,9 +136,12 @@ impl Issuer {
         let now = now_secs();
         let life = whole_secs(c.lifetime);
         let (iat, exp) = if c.expired {
-            (now.saturating_sub(life + 60), now.saturating_sub(60))
+            (
+                now.saturating_sub(life.saturating_add(60)),
+                now.saturating_sub(60),
+            )
         } else {
-            (now, now + life)
+            (now, now.saturating_add(life))
         };
         let mut m = serde_json::Map::new();
         m.insert("aud".into(), c.audience.into());
@@ -214,4 +217,23 @@ pub(crate) fn verify_redis_token(
         return Err(Refusal::UsernameMismatch);
     }
     Ok(exp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absurd_lifetimes_do_not_overflow() {
+        let issuer = Issuer {
+            signer: JwtSigner::new(crate::jwt::shared_rsa_key().expect("key")),
+            tenant_id: "t".into(),
+            lifetime: Duration::MAX,
+        };
+        let forever = issuer.mint(&TokenSpec::for_oid("o"));
+        assert_eq!(forever.exp, u64::MAX);
+        let key = issuer.signer.public_key().clone();
+        assert_eq!(verify_redis_token(&key, "o", &forever.token), Ok(u64::MAX));
+        assert!(issuer.mint(&TokenSpec::for_oid("o").expired()).exp < now_secs());
+    }
 }

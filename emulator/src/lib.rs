@@ -474,7 +474,7 @@ impl Emulator {
             "sub": sp.federated_subject,
             "iat": now,
             "nbf": now,
-            "exp": now + issuer::whole_secs(self.federated_lifetime),
+            "exp": now.saturating_add(issuer::whole_secs(self.federated_lifetime)),
             "kubernetes.io": {"namespace": "default", "serviceaccount": {"name": "workload-identity-sa"}},
         });
         let mut header = Map::new();

@@ -147,7 +147,10 @@ fn deadline_of(exp: u64) -> Instant {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    Instant::now() + Duration::from_secs(exp).saturating_sub(now)
+    let left = Duration::from_secs(exp).saturating_sub(now);
+    let base = Instant::now();
+    base.checked_add(left)
+        .unwrap_or_else(|| base + Duration::from_secs(100 * 365 * 86_400))
 }
 
 async fn connection<S>(client: S, state: &ProxyState)
