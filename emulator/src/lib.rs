@@ -97,6 +97,7 @@ pub struct EmulatorBuilder {
     redis: bool,
     redis_server: PathBuf,
     work_dir: Option<PathBuf>,
+    fresh_signing_key: bool,
 }
 
 impl Default for EmulatorBuilder {
@@ -118,6 +119,7 @@ impl Default for EmulatorBuilder {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("redis-server")),
             work_dir: None,
+            fresh_signing_key: false,
         }
     }
 }
@@ -211,6 +213,14 @@ impl EmulatorBuilder {
         self
     }
 
+    /// Signs with a key of its own instead of the key shared by every emulator of the process
+    /// (RSA key generation takes a moment; with the shared key, one emulator's tokens are
+    /// accepted by another's proxy in the same process).
+    pub fn fresh_signing_key(mut self) -> Self {
+        self.fresh_signing_key = true;
+        self
+    }
+
     /// Starts the emulator on the current tokio runtime.
     pub async fn start(self) -> Result<Emulator, Error> {
         Emulator::start_with(self).await
@@ -299,7 +309,11 @@ impl Emulator {
         };
         std::fs::create_dir_all(&work_dir)?;
 
-        let signer = JwtSigner::new(jwt::shared_rsa_key()?);
+        let signer = JwtSigner::new(if b.fresh_signing_key {
+            jwt::generate_rsa_key()?
+        } else {
+            jwt::shared_rsa_key()?
+        });
         let tls = certs::server_tls()?;
         let acceptor = TlsAcceptor::from(tls.config.clone());
         let ca_path = work_dir.join("emulator-ca.pem");
