@@ -295,8 +295,8 @@ impl Emulator {
         })
     }
 
-    async fn start_with(b: EmulatorBuilder) -> Result<Self, Error> {
-        let (work_dir, remove_work_dir) = match b.work_dir {
+    async fn start_with(mut b: EmulatorBuilder) -> Result<Self, Error> {
+        let (work_dir, remove_work_dir) = match b.work_dir.take() {
             Some(d) => (d, false),
             None => (
                 std::env::temp_dir().join(format!(
@@ -308,7 +308,18 @@ impl Emulator {
             ),
         };
         std::fs::create_dir_all(&work_dir)?;
+        let started = Self::start_in(b, work_dir.clone(), remove_work_dir).await;
+        if started.is_err() && remove_work_dir {
+            let _ = std::fs::remove_dir_all(&work_dir);
+        }
+        started
+    }
 
+    async fn start_in(
+        b: EmulatorBuilder,
+        work_dir: PathBuf,
+        remove_work_dir: bool,
+    ) -> Result<Self, Error> {
         let signer = JwtSigner::new(if b.fresh_signing_key {
             jwt::generate_rsa_key()?
         } else {

@@ -47,9 +47,11 @@ impl Drop for KillOnDrop {
 
 #[test]
 fn binary_prints_the_client_environment_and_serves_the_control_api() {
+    let work_dir = std::env::temp_dir().join(format!("emulator-bin-test-{}", std::process::id()));
     let mut child = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_redis-entraid-emulator"))
-            .args(["--no-redis", "--token-lifetime", "30"])
+            .args(["--no-redis", "--token-lifetime", "30", "--work-dir"])
+            .arg(&work_dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -85,6 +87,8 @@ fn binary_prints_the_client_environment_and_serves_the_control_api() {
         .trim_start_matches("# control API: ")
         .to_string();
     let (status, counters) = common::json_of(common::http_agent().get(&url).call());
+    drop(child);
+    let _ = std::fs::remove_dir_all(&work_dir);
     assert_eq!(status, 200);
     assert_eq!(counters["tokens_issued"], 0);
 }
