@@ -166,8 +166,8 @@ impl ClientCertificate {
     }
 
     /// A client assertion as Entra expects it: PS256 with `x5t#S256`, or RS256 with `x5t`;
-    /// `aud` = `token_url`, `iss` = `sub` = `client_id`, valid for `lifetime_secs` (may be 0 or in
-    /// the past with a negative offset through [`Self::assertion_with_claims`]).
+    /// `aud` = `token_url`, `iss` = `sub` = `client_id`, a fresh `jti`, valid for 10 minutes.
+    /// Build invalid ones with [`Self::assertion_with_claims`].
     pub fn assertion(&self, alg: Alg, client_id: &str, token_url: &str) -> String {
         let now = now_secs();
         self.assertion_with_claims(
