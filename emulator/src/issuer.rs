@@ -67,12 +67,20 @@ impl TokenSpec {
     }
 }
 
-/// An issued access token and its times.
-#[derive(Debug)]
+/// An issued access token and its times (`Debug` leaves the token out).
 pub(crate) struct Issued {
     pub(crate) token: String,
     pub(crate) nbf: u64,
     pub(crate) exp: u64,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("nbf", &self.nbf)
+            .field("exp", &self.exp)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Issued {
