@@ -282,7 +282,14 @@ impl Emulator {
     }
 
     /// Starts the emulator on a runtime of its own (two worker threads), for blocking tests.
+    /// Inside an async runtime use [`EmulatorBuilder::start`] instead (this returns an error).
     pub fn start_blocking(builder: EmulatorBuilder) -> Result<BlockingEmulator, Error> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Error::Config(
+                "start_blocking called inside a tokio runtime; use EmulatorBuilder::start().await"
+                    .into(),
+            ));
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("redis-entraid-emulator")

@@ -33,6 +33,8 @@ async fn async_builder_starts_the_whole_emulator_in_process() {
     .unwrap();
     assert_eq!(reply, "+OK\r\n");
     assert_eq!(emu.counters().redis_auth_ok, 1);
+    let err = Emulator::start_blocking(Emulator::builder().without_redis()).unwrap_err();
+    assert!(err.to_string().contains("start().await"), "{err}");
 }
 
 /// Kills the spawned binary however the test ends.
