@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod error;
+pub mod identity;
 pub mod jwt;
 pub mod secret;
 pub mod token;
