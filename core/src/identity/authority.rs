@@ -27,7 +27,10 @@ pub const DEFAULT_RESOURCE: &str = "https://redis.azure.com";
 /// assert_eq!(scope_to_resource("https://redis.azure.com"), "https://redis.azure.com");
 /// ```
 pub fn scope_to_resource(scope: &str) -> &str {
-    scope.trim().strip_suffix("/.default").unwrap_or(scope.trim())
+    scope
+        .trim()
+        .strip_suffix("/.default")
+        .unwrap_or(scope.trim())
 }
 
 /// Checks a scope: non-empty, no whitespace, ends with `/.default` (client credentials need it)
@@ -110,14 +113,18 @@ impl Authority {
         let uri: http::Uri = with_scheme.parse().map_err(|_| {
             ConfigError::new(
                 "authority_host",
-                format!("`{trimmed}` is not a valid URL; give e.g. https://login.microsoftonline.com"),
+                format!(
+                    "`{trimmed}` is not a valid URL; give e.g. https://login.microsoftonline.com"
+                ),
             )
         })?;
         let host = uri.host().unwrap_or_default();
         if host.is_empty() || uri.query().is_some() {
             return Err(ConfigError::new(
                 "authority_host",
-                format!("`{trimmed}` needs a host and no query, e.g. https://login.microsoftonline.com"),
+                format!(
+                    "`{trimmed}` needs a host and no query, e.g. https://login.microsoftonline.com"
+                ),
             ));
         }
         match uri.scheme_str() {
@@ -176,7 +183,10 @@ pub fn is_loopback_host(host: &str) -> bool {
             .parse::<IpAddr>()
             .map(|ip| ip.is_loopback())
             .unwrap_or(false)
-        || bare.parse::<Ipv6Addr>().map(|ip| ip.is_loopback()).unwrap_or(false)
+        || bare
+            .parse::<Ipv6Addr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
 }
 
 /// A tenant for client credentials: a GUID or a verified domain, never `common`
@@ -242,7 +252,10 @@ mod tests {
 
     #[test]
     fn defaults_are_the_public_cloud_and_redis_scope() {
-        assert_eq!(Authority::default().as_str(), "https://login.microsoftonline.com");
+        assert_eq!(
+            Authority::default().as_str(),
+            "https://login.microsoftonline.com"
+        );
         assert_eq!(DEFAULT_SCOPE, "https://redis.azure.com/.default");
         assert_eq!(DEFAULT_RESOURCE, "https://redis.azure.com");
         assert_eq!(scope_to_resource(DEFAULT_SCOPE), DEFAULT_RESOURCE);
@@ -250,7 +263,10 @@ mod tests {
 
     #[test]
     fn sovereign_clouds_have_their_hosts() {
-        assert_eq!(Authority::china().as_str(), "https://login.chinacloudapi.cn");
+        assert_eq!(
+            Authority::china().as_str(),
+            "https://login.chinacloudapi.cn"
+        );
         assert_eq!(
             Authority::us_government().as_str(),
             "https://login.microsoftonline.us"
@@ -272,11 +288,20 @@ mod tests {
             ok("https://adfs.contoso.com/adfs/").ok().as_deref(),
             Some("https://adfs.contoso.com/adfs")
         );
-        for loopback in ["http://127.0.0.1:8080", "http://localhost:1", "http://[::1]:9"] {
+        for loopback in [
+            "http://127.0.0.1:8080",
+            "http://localhost:1",
+            "http://[::1]:9",
+        ] {
             let a = Authority::parse(loopback);
             assert!(a.as_ref().is_ok_and(Authority::is_loopback), "{loopback}");
         }
-        for bad in ["http://login.microsoftonline.com", "ftp://x", "", "https://x/?a=b"] {
+        for bad in [
+            "http://login.microsoftonline.com",
+            "ftp://x",
+            "",
+            "https://x/?a=b",
+        ] {
             let err = Authority::parse(bad);
             assert!(
                 err.as_ref().is_err_and(|e| e.field == "authority_host"),

@@ -61,8 +61,9 @@ pub(crate) fn parse_date(text: &str) -> Option<i64> {
             return Some(t.unix_timestamp());
         }
     }
-    let utc_slash =
-        format_description!("[month padding:none]/[day padding:none]/[year] [hour]:[minute]:[second]");
+    let utc_slash = format_description!(
+        "[month padding:none]/[day padding:none]/[year] [hour]:[minute]:[second]"
+    );
     let utc_dash = format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
     for format in [utc_slash, utc_dash] {
         if let Ok(t) = PrimitiveDateTime::parse(text, format) {
@@ -193,8 +194,7 @@ pub(crate) fn token_body(
         )
         .with_status(status));
     };
-    token_from_map(&map, "access_token", source)
-        .map_err(|e| e.with_status(status))
+    token_from_map(&map, "access_token", source).map_err(|e| e.with_status(status))
 }
 
 /// A token response from a JSON object whose token sits under `token_field`
@@ -267,9 +267,11 @@ pub(crate) fn status_error(
         retryable = true;
     }
     let advice = advice(rules, status, body.as_ref());
-    let mut error =
-        ResponseError::new(format!("{source} refused the token request: {advice}"), retryable)
-            .with_status(status);
+    let mut error = ResponseError::new(
+        format!("{source} refused the token request: {advice}"),
+        retryable,
+    )
+    .with_status(status);
     if let Some(after) = retry_after(response.headers()) {
         error = error.with_retry_after(after);
     }
@@ -397,6 +399,37 @@ pub(crate) fn request(
     Ok(request)
 }
 
+/// Checks an identity endpoint taken from the environment: an absolute http(s) URL
+/// (`https` only when `require_https`)
+pub(crate) fn endpoint_url(
+    field: &'static str,
+    text: &str,
+    require_https: bool,
+) -> Result<String, crate::error::ConfigError> {
+    let text = text.trim();
+    let ok = match text.parse::<http::Uri>() {
+        Ok(uri) => match uri.scheme_str() {
+            Some("https") => uri.host().is_some(),
+            Some("http") => !require_https && uri.host().is_some(),
+            _ => false,
+        },
+        Err(_) => false,
+    };
+    if ok {
+        Ok(text.to_owned())
+    } else {
+        let wanted = if require_https {
+            "an https URL"
+        } else {
+            "an http(s) URL"
+        };
+        Err(crate::error::ConfigError::new(
+            field,
+            format!("`{}` is not {wanted}", clip(text)),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,8 +463,14 @@ mod tests {
             expires_on(&json!("1/16/2020 5:24:12 PM +00:00")),
             Some(1_579_152_252 + 12 * 3600)
         );
-        assert_eq!(expires_on(&json!("2006-01-02 15:04:05")), Some(1_136_214_245));
-        assert_eq!(expires_on(&json!("01/02/2006 15:04:05")), Some(1_136_214_245));
+        assert_eq!(
+            expires_on(&json!("2006-01-02 15:04:05")),
+            Some(1_136_214_245)
+        );
+        assert_eq!(
+            expires_on(&json!("01/02/2006 15:04:05")),
+            Some(1_136_214_245)
+        );
         assert_eq!(
             expires_on(&json!("2006-01-02T15:04:05Z")),
             Some(1_136_214_245)
@@ -470,13 +509,20 @@ mod tests {
             "retry-after",
             http::HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"),
         );
-        assert_eq!(retry_after(&headers), None, "a date needs the response Date");
+        assert_eq!(
+            retry_after(&headers),
+            None,
+            "a date needs the response Date"
+        );
         headers.insert(
             "date",
             http::HeaderValue::from_static("Sun, 06 Nov 1994 08:49:07 GMT"),
         );
         assert_eq!(retry_after(&headers), Some(Duration::from_secs(30)));
-        headers.insert("x-ms-retry-after-ms", http::HeaderValue::from_static("1500"));
+        headers.insert(
+            "x-ms-retry-after-ms",
+            http::HeaderValue::from_static("1500"),
+        );
         assert_eq!(retry_after(&headers), Some(Duration::from_millis(1500)));
     }
 

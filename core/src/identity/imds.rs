@@ -92,7 +92,10 @@ impl Imds {
     }
 
     fn url(&self) -> String {
-        let mut query = vec![("api-version", API_VERSION), ("resource", self.resource.as_str())];
+        let mut query = vec![
+            ("api-version", API_VERSION),
+            ("resource", self.resource.as_str()),
+        ];
         if let Some((name, value)) = self.id.query_pair("msi_res_id") {
             query.push((name, value));
         }
@@ -120,7 +123,13 @@ impl Imds {
     /// # Errors
     /// As [`Imds::build_request`].
     pub fn build_probe_request(&self) -> Result<http::Request<Vec<u8>>, ConfigError> {
-        common::request(http::Method::GET, &self.url(), &[], Vec::new(), "imds_endpoint")
+        common::request(
+            http::Method::GET,
+            &self.url(),
+            &[],
+            Vec::new(),
+            "imds_endpoint",
+        )
     }
 
     /// Whether a probe answer shows a real IMDS: any HTTP answer does, except a 403 whose body
@@ -256,7 +265,9 @@ pub(crate) mod tests {
             "expires_in":"86399","expires_on":"1767225599","ext_expires_in":"86399",
             "not_before":"1767139199","resource":"https://redis.azure.com","token_type":"Bearer"}"#;
         let parsed = imds.parse_response(&response(200, body));
-        let Ok(token) = parsed else { panic!("{parsed:?}") };
+        let Ok(token) = parsed else {
+            panic!("{parsed:?}")
+        };
         assert_eq!(token.access_token.expose_secret(), "eyJ0eXAiOiJKV1Qi.x.y");
         assert_eq!(token.expires_in, Some(86399));
         assert_eq!(token.expires_on, Some(1_767_225_599));
@@ -272,21 +283,36 @@ pub(crate) mod tests {
                 .err()
                 .map(|e| (e.retryable, e.status))
         };
-        let missing_header =
-            r#"{"error":"invalid_request","error_description":"Required metadata header not specified"}"#;
+        let missing_header = r#"{"error":"invalid_request","error_description":"Required metadata header not specified"}"#;
         assert_eq!(retryable(400, missing_header), Some((false, Some(400))));
         for status in [404, 408, 410, 429, 500, 502, 503, 504] {
-            assert_eq!(retryable(status, "{}"), Some((true, Some(status))), "{status}");
+            assert_eq!(
+                retryable(status, "{}"),
+                Some((true, Some(status))),
+                "{status}"
+            );
         }
-        assert_eq!(retryable(403, "unreachable network"), Some((false, Some(403))));
-        assert_eq!(retryable(200, "<html>hello</html>"), Some((false, Some(200))));
-        assert_eq!(retryable(200, r#"{"expires_in":"1"}"#), Some((false, Some(200))));
+        assert_eq!(
+            retryable(403, "unreachable network"),
+            Some((false, Some(403)))
+        );
+        assert_eq!(
+            retryable(200, "<html>hello</html>"),
+            Some((false, Some(200)))
+        );
+        assert_eq!(
+            retryable(200, r#"{"expires_in":"1"}"#),
+            Some((false, Some(200)))
+        );
         let error = imds.parse_response(&response(
             400,
             r#"{"error":"invalid_request","error_description":"Identity not found"}"#,
         ));
         let text = error.err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(text.contains("invalid_request") && text.contains("Identity not found"), "{text}");
+        assert!(
+            text.contains("invalid_request") && text.contains("Identity not found"),
+            "{text}"
+        );
         assert!(text.contains("assign a managed identity"), "{text}");
     }
 

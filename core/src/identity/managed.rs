@@ -66,8 +66,12 @@ impl ManagedIdentityId {
     pub(crate) fn describe(&self) -> String {
         match self {
             ManagedIdentityId::SystemAssigned => "system-assigned identity".to_owned(),
-            ManagedIdentityId::ClientId(id) => format!("user-assigned identity with client id {id}"),
-            ManagedIdentityId::ObjectId(id) => format!("user-assigned identity with object id {id}"),
+            ManagedIdentityId::ClientId(id) => {
+                format!("user-assigned identity with client id {id}")
+            }
+            ManagedIdentityId::ObjectId(id) => {
+                format!("user-assigned identity with object id {id}")
+            }
             ManagedIdentityId::ResourceId(id) => format!("user-assigned identity {id}"),
         }
     }

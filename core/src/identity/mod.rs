@@ -1,7 +1,11 @@
 //! Every Entra ID identity flow, as pure request builders and response parsers
 
+pub mod app_service;
 pub mod authority;
+pub mod azure_ml;
+pub mod cloud_shell;
 mod common;
 pub mod env;
 pub mod imds;
 pub mod managed;
+pub mod service_fabric;
