@@ -1,11 +1,15 @@
 //! Every Entra ID identity flow, as pure request builders and response parsers
 
 pub mod app_service;
+pub mod arc;
 pub mod authority;
 pub mod azure_ml;
+pub mod client_secret;
 pub mod cloud_shell;
 mod common;
+pub mod entra;
 pub mod env;
 pub mod imds;
 pub mod managed;
 pub mod service_fabric;
+pub mod workload;
