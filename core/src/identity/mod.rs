@@ -4,6 +4,8 @@ pub mod app_service;
 pub mod arc;
 pub mod authority;
 pub mod azure_ml;
+#[cfg(feature = "certificate")]
+pub mod client_certificate;
 pub mod client_secret;
 pub mod cloud_shell;
 mod common;
