@@ -4,11 +4,13 @@ pub mod app_service;
 pub mod arc;
 pub mod authority;
 pub mod azure_ml;
+pub mod cli;
 #[cfg(feature = "certificate")]
 pub mod client_certificate;
 pub mod client_secret;
 pub mod cloud_shell;
 mod common;
+pub mod custom;
 pub mod entra;
 pub mod env;
 pub mod imds;
