@@ -1,5 +1,9 @@
 //! Every Entra ID identity flow, as pure request builders and response parsers
 
+mod source;
+pub use source::{Fetch, FetchContext, RequestMeta, Step, TokenSource};
+pub mod chain;
+
 pub mod app_service;
 pub mod arc;
 pub mod authority;
