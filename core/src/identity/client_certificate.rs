@@ -598,7 +598,7 @@ mod tests {
         }
         assert_eq!(
             credential(P12_NO_PASSWORD, None).chain_der(),
-            &[leaf.clone()]
+            std::slice::from_ref(&leaf)
         );
         assert_eq!(
             credential(PKCS8_PEM, None).thumbprint_sha256(),

@@ -153,18 +153,20 @@ pub(crate) fn error_body(body: &[u8]) -> Option<EntraErrorBody> {
         Some(Value::Object(inner)) => (Some(inner), &map),
         _ => (None, &map),
     };
-    let mut out = EntraErrorBody::default();
-    out.error = match nested {
-        Some(inner) => string_field(inner, &["code", "error"]),
-        None => string_field(top, &["error", "code"]),
+    let mut out = EntraErrorBody {
+        error: match nested {
+            Some(inner) => string_field(inner, &["code", "error"]),
+            None => string_field(top, &["error", "code"]),
+        },
+        error_description: nested
+            .and_then(|inner| string_field(inner, &["message", "error_description"]))
+            .or_else(|| string_field(top, &["error_description", "message", "Message"])),
+        correlation_id: nested
+            .and_then(|inner| string_field(inner, &["correlationId", "correlation_id"]))
+            .or_else(|| string_field(top, &["correlation_id", "correlationId"])),
+        trace_id: string_field(top, &["trace_id", "traceId"]),
+        ..EntraErrorBody::default()
     };
-    out.error_description = nested
-        .and_then(|inner| string_field(inner, &["message", "error_description"]))
-        .or_else(|| string_field(top, &["error_description", "message", "Message"]));
-    out.correlation_id = nested
-        .and_then(|inner| string_field(inner, &["correlationId", "correlation_id"]))
-        .or_else(|| string_field(top, &["correlation_id", "correlationId"]));
-    out.trace_id = string_field(top, &["trace_id", "traceId"]);
     if let Some(Value::Array(codes)) = top.get("error_codes") {
         out.error_codes = codes.iter().filter_map(Value::as_i64).take(16).collect();
     }

@@ -38,6 +38,7 @@ pub(crate) fn var(env: &dyn EnvSource, name: &str) -> Option<String> {
 }
 
 /// `"1"` or case-insensitive `"true"` (the Go and Rust SDKs' reading of boolean variables)
+#[cfg_attr(not(feature = "certificate"), allow(dead_code))]
 pub(crate) fn flag(env: &dyn EnvSource, name: &str) -> bool {
     var(env, name).is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
 }

@@ -378,6 +378,7 @@ pub(crate) enum Phase {
     /// Workload identity's token file requested
     AssertionFile,
     /// Certificate file requested
+    #[cfg(feature = "certificate")]
     CertificateFile,
     /// The token request, command or callback is out
     Token,
