@@ -335,10 +335,16 @@ mod tests {
         assert_eq!(names(&chain(&secret))[0].1, Ok("client secret".to_owned()));
         let mut cert = base.to_vec();
         cert.push((env::AZURE_CLIENT_CERTIFICATE_PATH, "/c.pem"));
+        #[cfg(feature = "certificate")]
         assert_eq!(
             names(&chain(&cert))[0].1,
             Ok("client certificate".to_owned())
         );
+        #[cfg(not(feature = "certificate"))]
+        assert!(names(&chain(&cert))[0]
+            .1
+            .as_ref()
+            .is_err_and(|r| r.contains("`certificate` feature")));
         let managed = chain(&base).steps()[2].source.clone();
         let Ok(TokenSource::ManagedIdentity(ManagedIdentity::Imds(imds))) = managed else {
             panic!("{managed:?}")
