@@ -1,57 +1,4 @@
-//! One type over every flow, and the step contract a runtime executes without knowing flows
-//!
-//! A [`TokenSource`] is configuration. Each token fetch is a [`Fetch`]: a small state machine
-//! that tells the runtime what to do next as a [`Step`] (send this HTTP request, read this file,
-//! run this command, call this callback) and takes the outcome back. The runtime's executor is
-//! one loop:
-//!
-//! ```
-//! use redis_entraid_core::error::{FetchError, TransportError};
-//! use redis_entraid_core::identity::{Fetch, FetchContext, Step, TokenSource};
-//! use redis_entraid_core::identity::custom::StaticToken;
-//! use redis_entraid_core::token::{AccessToken, TokenResponse};
-//! # use std::time::SystemTime;
-//! # fn send(_: &http::Request<Vec<u8>>) -> Result<http::Response<Vec<u8>>, TransportError> { unimplemented!() }
-//! # fn read(_: &std::path::Path, _: u64) -> Result<redis_entraid_core::secret::SecretBytes, TransportError> { unimplemented!() }
-//! # fn run(_: &redis_entraid_core::identity::cli::CommandSpec) -> redis_entraid_core::identity::cli::CommandOutput { unimplemented!() }
-//!
-//! fn fetch_token(source: &TokenSource, ctx: FetchContext) -> Result<TokenResponse, FetchError> {
-//!     let mut fetch = source.fetch(ctx);
-//!     let mut step = fetch.start();
-//!     loop {
-//!         step = match step? {
-//!             Step::Done(token) => return Ok(token),
-//!             // honour meta: bypass proxies for local endpoints, its timeout, no redirects...
-//!             Step::Http { request, meta: _ } => match send(&request) {
-//!                 Ok(response) => fetch.on_http_response(&response),
-//!                 Err(e) => fetch.on_transport_error(e.into()),
-//!             },
-//!             Step::ReadFile { path, max_len } => fetch.on_file(read(&path, max_len)),
-//!             Step::RunCommand(spec) => fetch.on_command_output(&run(&spec)),
-//!             Step::CallCustom(source) => fetch.on_custom_result(source.call()),
-//!         };
-//!     }
-//! }
-//!
-//! let source = TokenSource::Static(StaticToken::new(AccessToken::new("eyJ.a.b")));
-//! let token = fetch_token(&source, FetchContext::new(SystemTime::UNIX_EPOCH, [0; 32]));
-//! assert_eq!(token.map(|t| t.access_token.expose_secret().to_owned()).as_deref(), Ok("eyJ.a.b"));
-//! ```
-//!
-//! Rules for the runtime:
-//! - Feed exactly one outcome per step: the response (any status), or a transport error /
-//!   [`FetchError::TimedOut`] through [`Fetch::on_transport_error`]. Do not retry inside a step:
-//!   the machine retries the whole fetch, which e.g. gets Azure Arc a fresh challenge.
-//! - A timeout or connection failure is a transport error; the chain treats it as "unavailable".
-//! - [`RequestMeta`]: for `local_endpoint` requests bypass every proxy and never add
-//!   `X-Forwarded-For`; allow plain `http` only when `allow_plain_http`; use `timeout` when given
-//!   (never longer than the machine's deadline); pin `server_sha1_thumbprint` when given (Service
-//!   Fabric: accept only a server certificate whose SHA-1 matches); do not follow redirects.
-//! - [`Step::ReadFile`]: refuse files larger than `max_len` (check the size before reading);
-//!   report a failure as a [`TransportError`] (`permanent` when the file is missing).
-//! - Time and randomness enter through [`FetchContext`]: the wall clock when the fetch starts,
-//!   32 bytes from the OS random source (client-certificate assertions), the local UTC offset
-//!   (Azure CLI's local-time `expiresOn`).
+//! [`TokenSource`], [`Fetch`] and [`Step`]: one type over every flow, and the step contract
 
 use std::fmt;
 use std::path::PathBuf;
@@ -213,7 +160,9 @@ impl RequestMeta {
 }
 
 /// What the runtime must do next
-#[non_exhaustive]
+///
+/// Deliberately exhaustive: a runtime cannot execute a step it does not know, so a new kind of
+/// step must break its build rather than fail at run time.
 pub enum Step {
     /// Send this request and pass the response to [`Fetch::on_http_response`]
     Http {
@@ -259,7 +208,60 @@ impl fmt::Debug for Step {
     }
 }
 
-/// One token fetch in progress; see the module docs for the loop that drives it
+/// One token fetch in progress: the step contract a runtime executes without knowing flows
+///
+/// A [`TokenSource`] is configuration. Each token fetch is a [`Fetch`]: a small state machine
+/// that tells the runtime what to do next as a [`Step`] (send this HTTP request, read this file,
+/// run this command, call this callback) and takes the outcome back. The runtime's executor is
+/// one loop:
+///
+/// ```
+/// use redis_entraid_core::error::{FetchError, TransportError};
+/// use redis_entraid_core::identity::{Fetch, FetchContext, Step, TokenSource};
+/// use redis_entraid_core::identity::custom::StaticToken;
+/// use redis_entraid_core::token::{AccessToken, TokenResponse};
+/// # use std::time::SystemTime;
+/// # fn send(_: &http::Request<Vec<u8>>) -> Result<http::Response<Vec<u8>>, TransportError> { unimplemented!() }
+/// # fn read(_: &std::path::Path, _: u64) -> Result<redis_entraid_core::secret::SecretBytes, TransportError> { unimplemented!() }
+/// # fn run(_: &redis_entraid_core::identity::cli::CommandSpec) -> redis_entraid_core::identity::cli::CommandOutput { unimplemented!() }
+///
+/// fn fetch_token(source: &TokenSource, ctx: FetchContext) -> Result<TokenResponse, FetchError> {
+///     let mut fetch = source.fetch(ctx);
+///     let mut step = fetch.start();
+///     loop {
+///         step = match step? {
+///             Step::Done(token) => return Ok(token),
+///             // honour meta: bypass proxies for local endpoints, its timeout, no redirects...
+///             Step::Http { request, meta: _ } => match send(&request) {
+///                 Ok(response) => fetch.on_http_response(&response),
+///                 Err(e) => fetch.on_transport_error(e.into()),
+///             },
+///             Step::ReadFile { path, max_len } => fetch.on_file(read(&path, max_len)),
+///             Step::RunCommand(spec) => fetch.on_command_output(&run(&spec)),
+///             Step::CallCustom(source) => fetch.on_custom_result(source.call()),
+///         };
+///     }
+/// }
+///
+/// let source = TokenSource::Static(StaticToken::new(AccessToken::new("eyJ.a.b")));
+/// let token = fetch_token(&source, FetchContext::new(SystemTime::UNIX_EPOCH, [0; 32]));
+/// assert_eq!(token.map(|t| t.access_token.expose_secret().to_owned()).as_deref(), Ok("eyJ.a.b"));
+/// ```
+///
+/// Rules for the runtime:
+/// - Feed exactly one outcome per step: the response (any status), or a transport error /
+///   [`FetchError::TimedOut`] through [`Fetch::on_transport_error`]. Do not retry inside a step:
+///   the machine retries the whole fetch, which e.g. gets Azure Arc a fresh challenge.
+/// - A timeout or connection failure is a transport error; the chain treats it as "unavailable".
+/// - [`RequestMeta`]: for `local_endpoint` requests bypass every proxy and never add
+///   `X-Forwarded-For`; allow plain `http` only when `allow_plain_http`; use `timeout` when given
+///   (never longer than the machine's deadline); pin `server_sha1_thumbprint` when given (Service
+///   Fabric: accept only a server certificate whose SHA-1 matches); do not follow redirects.
+/// - [`Step::ReadFile`]: refuse files larger than `max_len` (check the size before reading);
+///   report a failure as a [`TransportError`] (`permanent` when the file is missing).
+/// - Time and randomness enter through [`FetchContext`]: the wall clock when the fetch starts,
+///   32 bytes from the OS random source (client-certificate assertions), the local UTC offset
+///   (Azure CLI's local-time `expiresOn`).
 #[derive(Debug)]
 pub struct Fetch {
     ctx: FetchContext,
@@ -664,4 +666,221 @@ fn parse_http(
         _ => return Err(unexpected(Phase::Token)),
     };
     Ok(parsed?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::arc::{ArcPlatform, AzureArc};
+    use crate::identity::entra::EntraClient;
+    use crate::identity::imds::tests::response;
+    use crate::identity::managed::ManagedIdentityId;
+    use crate::identity::service_fabric::ServiceFabric;
+    use crate::token::AccessToken;
+
+    fn ctx() -> FetchContext {
+        FetchContext::new(
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_139_200),
+            [3; 32],
+        )
+    }
+
+    fn client() -> EntraClient {
+        EntraClient::new("t1", "c1").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    const TOKEN_BODY: &str =
+        r#"{"access_token":"eyJ.tok.sig","expires_in":"3599","token_type":"Bearer"}"#;
+
+    #[test]
+    fn arc_runs_challenge_key_file_and_authorized_request() {
+        let arc = AzureArc::new(
+            crate::identity::arc::DEFAULT_ENDPOINT,
+            ManagedIdentityId::SystemAssigned,
+            ArcPlatform::Linux,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let source = TokenSource::ManagedIdentity(ManagedIdentity::AzureArc(arc));
+        let mut fetch = source.fetch(ctx());
+        let first = fetch.start();
+        let Ok(Step::Http { meta, .. }) = first else {
+            panic!("{first:?}")
+        };
+        assert!(meta.local_endpoint && meta.allow_plain_http);
+        let mut challenge = response(401, "");
+        challenge.headers_mut().insert(
+            "WWW-Authenticate",
+            http::HeaderValue::from_static("Basic realm=/var/opt/azcmagent/tokens/abc.key"),
+        );
+        let read = fetch.on_http_response(&challenge);
+        let Ok(Step::ReadFile { path, max_len }) = read else {
+            panic!("{read:?}")
+        };
+        assert_eq!(path, PathBuf::from("/var/opt/azcmagent/tokens/abc.key"));
+        assert_eq!(max_len, 4096);
+        let second = fetch.on_file(Ok(SecretBytes::new(b"arc-key-secret".to_vec())));
+        let printed = format!("{second:?}");
+        assert!(!printed.contains("arc-key-secret"), "{printed}");
+        let Ok(Step::Http { request, .. }) = second else {
+            panic!("{second:?}")
+        };
+        assert_eq!(request.headers()["authorization"], "Basic arc-key-secret");
+        let done = fetch.on_http_response(&response(200, TOKEN_BODY));
+        assert!(matches!(done, Ok(Step::Done(ref t)) if t.expires_in == Some(3599)));
+    }
+
+    #[test]
+    fn workload_identity_reads_the_file_at_every_fetch() {
+        let workload = WorkloadIdentity::new(
+            client(),
+            "/var/run/secrets/azure/tokens/azure-identity-token",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let source = TokenSource::WorkloadIdentity(workload);
+        for assertion in ["eyJ.first.sig", "eyJ.rotated.sig"] {
+            let mut fetch = source.fetch(ctx());
+            let read = fetch.start();
+            let Ok(Step::ReadFile { path, max_len }) = read else {
+                panic!("{read:?}")
+            };
+            assert_eq!(
+                path,
+                PathBuf::from("/var/run/secrets/azure/tokens/azure-identity-token")
+            );
+            assert_eq!(max_len, workload::MAX_TOKEN_FILE_LEN);
+            let post = fetch.on_file(Ok(SecretBytes::new(assertion.as_bytes().to_vec())));
+            let printed = format!("{post:?}");
+            assert!(!printed.contains(assertion), "{printed}");
+            let Ok(Step::Http { request, meta }) = post else {
+                panic!("{post:?}")
+            };
+            assert!(!meta.local_endpoint);
+            assert!(String::from_utf8_lossy(request.body()).contains(assertion));
+            let done = fetch.on_http_response(&response(200, TOKEN_BODY));
+            assert!(matches!(done, Ok(Step::Done(_))));
+        }
+        let mut fetch = source.fetch(ctx());
+        assert!(fetch.start().is_ok());
+        let missing = fetch.on_file(Err(TransportError::permanent("no such file")));
+        assert!(missing.is_err_and(|e| !e.is_retryable()));
+    }
+
+    #[cfg(feature = "certificate")]
+    #[test]
+    fn certificate_file_is_read_then_signed_with_the_context_seed() {
+        let pem = include_bytes!("../../test-fixtures/client-pkcs8.pem");
+        let source = TokenSource::ClientCertificateFile(ClientCertificateFile::new(
+            client(),
+            "/etc/cert.pem",
+        ));
+        let mut fetch = source.fetch(ctx());
+        let read = fetch.start();
+        assert!(
+            matches!(read, Ok(Step::ReadFile { ref path, .. }) if path == &PathBuf::from("/etc/cert.pem"))
+        );
+        let post = fetch.on_file(Ok(SecretBytes::new(pem.to_vec())));
+        let Ok(Step::Http { request, .. }) = post else {
+            panic!("{post:?}")
+        };
+        assert!(String::from_utf8_lossy(request.body()).contains("client_assertion="));
+        let mut fetch = source.fetch(ctx());
+        assert!(fetch.start().is_ok());
+        let bad = fetch.on_file(Ok(SecretBytes::new(b"garbage".to_vec())));
+        assert!(
+            bad.is_err_and(|e| !e.is_retryable() && e.to_string().contains("client_certificate"))
+        );
+    }
+
+    #[test]
+    fn service_fabric_request_pins_the_thumbprint_and_refuses_plain_http() {
+        let fabric = ServiceFabric::new(
+            "https://localhost:2377/metadata/identity/oauth2/token",
+            SecretString::new("s"),
+            "ABCDEF0123456789ABCDEF0123456789ABCDEF01",
+            &ManagedIdentityId::SystemAssigned,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut fetch =
+            TokenSource::ManagedIdentity(ManagedIdentity::ServiceFabric(fabric)).fetch(ctx());
+        let first = fetch.start();
+        let Ok(Step::Http { meta, .. }) = first else {
+            panic!("{first:?}")
+        };
+        assert!(!meta.allow_plain_http && meta.local_endpoint);
+        assert_eq!(
+            meta.server_sha1_thumbprint.as_deref(),
+            Some("ABCDEF0123456789ABCDEF0123456789ABCDEF01")
+        );
+    }
+
+    #[test]
+    fn plain_imds_sends_no_probe_and_classifies_errors() {
+        let source = TokenSource::ManagedIdentity(ManagedIdentity::Imds(Imds::new(
+            ManagedIdentityId::SystemAssigned,
+        )));
+        let mut fetch = source.fetch(ctx());
+        let first = fetch.start();
+        let Ok(Step::Http { request, meta }) = first else {
+            panic!("{first:?}")
+        };
+        assert!(!meta.probe && meta.timeout.is_none());
+        assert_eq!(request.headers()["metadata"], "true");
+        let gone = fetch.on_http_response(&response(410, ""));
+        assert!(gone.is_err_and(|e| e.is_retryable()));
+        let mut fetch = source.fetch(ctx());
+        assert!(fetch.start().is_ok());
+        let timed_out = fetch.on_transport_error(FetchError::TimedOut {
+            after: Duration::from_secs(10),
+        });
+        assert!(timed_out.is_err_and(|e| e.is_retryable()));
+    }
+
+    #[test]
+    fn cli_custom_and_static_sources_complete() {
+        let mut fetch =
+            TokenSource::AzureCli(AzureCli::new()).fetch(ctx().with_local_utc_offset_seconds(3600));
+        assert!(matches!(fetch.start(), Ok(Step::RunCommand(_))));
+        let out = CommandOutput::new(
+            Some(0),
+            br#"{"accessToken":"eyJ.cli.sig","expiresOn":"2026-01-01 01:00:00.000000","tokenType":"Bearer"}"#.to_vec(),
+            Vec::new(),
+        );
+        let done = fetch.on_command_output(&out);
+        assert!(matches!(done, Ok(Step::Done(ref t)) if t.expires_on == Some(1_767_225_600)));
+
+        let custom = CustomSource::new("fixed", |_: &str| {
+            Ok(TokenResponse::new(AccessToken::new("c")))
+        });
+        let mut fetch = TokenSource::Custom(custom).fetch(ctx());
+        let Ok(Step::CallCustom(call)) = fetch.start() else {
+            panic!("custom step")
+        };
+        assert!(matches!(
+            fetch.on_custom_result(call.call()),
+            Ok(Step::Done(_))
+        ));
+
+        let fixed = TokenSource::Static(StaticToken::new(AccessToken::new("eyJ.static")));
+        let done = fixed.fetch(ctx()).start();
+        assert!(
+            matches!(done, Ok(Step::Done(ref t)) if t.access_token.expose_secret() == "eyJ.static")
+        );
+        assert!(!format!("{done:?}").contains("eyJ.static"));
+    }
+
+    #[test]
+    fn secrets_never_appear_in_step_debug_and_mismatched_outcomes_fail_cleanly() {
+        let secret = ClientSecret::new(client(), SecretString::new("top-secret-value"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let source = TokenSource::ClientSecret(secret);
+        assert!(!format!("{source:?}").contains("top-secret-value"));
+        let mut fetch = source.fetch(ctx());
+        let step = fetch.start();
+        let printed = format!("{step:?} {fetch:?}");
+        assert!(!printed.contains("top-secret-value"), "{printed}");
+        let wrong = fetch.on_command_output(&CommandOutput::not_found());
+        assert!(wrong.is_err_and(|e| e.to_string().contains("does not match the last step")));
+        let after = fetch.on_http_response(&response(200, TOKEN_BODY));
+        assert!(after.is_err());
+    }
 }
