@@ -72,7 +72,9 @@ fuzz_target!(|input: Input| {
             Ok(Step::Done(_)) | Err(_) => break,
             Ok(s) => s,
         };
-        let Some(outcome) = outcomes.next() else { break };
+        let Some(outcome) = outcomes.next() else {
+            break;
+        };
         step = match (current, outcome) {
             (Step::CallCustom(call), _) => fetch.on_custom_result(call.call()),
             (_, Outcome::Http(raw)) => fetch.on_http_response(&raw.to_http()),
@@ -81,9 +83,14 @@ fuzz_target!(|input: Input| {
                 after: Duration::from_secs(1),
             }),
             (_, Outcome::File(bytes)) => fetch.on_file(Ok(SecretBytes::new(bytes))),
-            (_, Outcome::Command { status, stdout, stderr }) => {
-                fetch.on_command_output(&CommandOutput::new(status, stdout, stderr))
-            }
+            (
+                _,
+                Outcome::Command {
+                    status,
+                    stdout,
+                    stderr,
+                },
+            ) => fetch.on_command_output(&CommandOutput::new(status, stdout, stderr)),
         };
         if let Err(error) = &step {
             let _ = error.to_string();

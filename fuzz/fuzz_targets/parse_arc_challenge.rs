@@ -27,15 +27,20 @@ fuzz_target!(|input: Input| {
     ];
     for platform in platforms {
         let linux = platform == ArcPlatform::Linux;
-        let Ok(arc) = AzureArc::new(DEFAULT_ENDPOINT, ManagedIdentityId::SystemAssigned, platform)
-        else {
+        let Ok(arc) = AzureArc::new(
+            DEFAULT_ENDPOINT,
+            ManagedIdentityId::SystemAssigned,
+            platform,
+        ) else {
             continue;
         };
         if let Ok(file) = arc.parse_challenge(&response) {
             let path = file.path.to_string_lossy().into_owned();
             assert!(path.ends_with(".key"), "{path}");
             if linux {
-                let name = path.strip_prefix(LINUX_TOKEN_DIR).and_then(|p| p.strip_prefix('/'));
+                let name = path
+                    .strip_prefix(LINUX_TOKEN_DIR)
+                    .and_then(|p| p.strip_prefix('/'));
                 assert!(name.is_some_and(|n| !n.contains('/')), "{path}");
             }
         }
