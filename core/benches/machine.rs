@@ -106,7 +106,7 @@ fn bench_lifecycle(c: &mut Criterion) {
             let mut n = 0usize;
             let mut h = Harness::new(Config::default(), move |_| {
                 n += 1;
-                if n % 2 == 0 {
+                if n.is_multiple_of(2) {
                     Reply::fail(
                         redis_entraid_core::error::ResponseError::new("busy", true)
                             .with_status(503),

@@ -106,6 +106,7 @@ pub mod backoff;
 pub mod config;
 pub mod error;
 pub mod event;
+pub mod identity;
 pub mod jwt;
 pub mod machine;
 pub mod secret;

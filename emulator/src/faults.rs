@@ -144,7 +144,7 @@ impl Faults {
         let mut q = self.lock();
         let idx = q
             .iter()
-            .position(|f| f.endpoint.map_or(true, |e| e == endpoint))?;
+            .position(|f| f.endpoint.is_none_or(|e| e == endpoint))?;
         let f = q.get_mut(idx)?;
         f.count -= 1;
         let kind = f.kind.clone();
