@@ -1,1 +1,38 @@
-//! redis-entraid driver for the tokio runtime (filled by its own issue)
+//! redis-entraid on tokio
+//!
+//! One driver task per [`Provider`] runs the core's
+//! [`TokenManager`](redis_entraid_core::machine::TokenManager) in str0m's shape: drain every
+//! action, perform it, then `select!` over the next deadline, the in-flight token fetch and
+//! the command channel, and feed exactly one input with a fresh `now`. Time is read through
+//! `tokio::time::Instant`, so tests with paused time run hours of token lifetimes in
+//! milliseconds. Handles are cheap clones; dropping the last one stops the task.
+//!
+//! - [`Identity`] runs every Entra ID flow of the core (managed identity, service principal,
+//!   workload identity, Azure CLI, the default chain...) over an [`AsyncHttpClient`]
+//!   (reqwest with rustls by default), `tokio::fs`, `tokio::process` and `spawn_blocking`.
+//! - Feature `redis`: [`redis_async`] makes redis-rs async connections authenticate on
+//!   connect and re-`AUTH` on every new credential generation, and offers a RESP2 subscriber
+//!   that swaps connections before the token expires.
+//! - Feature `fred`: [`fred_provider`] implements fred's `CredentialProvider`.
+//!
+//! ```no_run
+//! use redis_entraid_tokio::{Provider, Startup};
+//! use std::time::Duration;
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let provider = Provider::from_env(Startup::Wait(Duration::from_secs(30))).await?;
+//! let credentials = provider.credentials();
+//! # Ok(()) }
+//! ```
+
+#[cfg(feature = "fred")]
+pub mod fred_provider;
+pub mod http;
+mod provider;
+#[cfg(feature = "redis")]
+pub mod redis_async;
+mod source;
+
+pub use http::AsyncHttpClient;
+pub use provider::{BoxFuture, Provider, ProviderBuilder, Startup, StartupError, Subscription};
+pub use source::{default_chain_from_env, DefaultClient, Identity, TokenSource};

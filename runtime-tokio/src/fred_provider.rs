@@ -1,0 +1,1 @@
+//! fred integration (filled below)

@@ -1,0 +1,475 @@
+//! redis-rs async integration: connections that authenticate on connect and re-`AUTH` on
+//! every new credential generation, and a RESP2 subscriber that survives rotations
+//!
+//! # Connections
+//!
+//! [`Provider`] implements redis-rs's [`StreamingCredentialsProvider`]. Attach it with
+//! `set_credentials_provider` to an [`AsyncConnectionConfig`](redis::AsyncConnectionConfig)
+//! (`MultiplexedConnection`), a
+//! [`ConnectionManagerConfig`](redis::aio::ConnectionManagerConfig) or a
+//! [`ClusterClientBuilder`](redis::cluster::ClusterClientBuilder). redis-rs subscribes twice
+//! per connection: once for the credentials it connects with, once for a task that sends
+//! `AUTH` whenever the stream yields. Each stream:
+//! - yields the latest credentials at once (waiting for the first token if none has arrived
+//!   yet), then each newer generation, and only the latest when several arrived meanwhile;
+//! - is a `tokio::sync::watch` receiver underneath: a slow or dead connection never delays
+//!   the driver, the refresh or any other connection;
+//! - never falls back to a made-up username: the username is the token's `oid` (or the
+//!   configured override);
+//! - ends with an `AuthenticationFailed` error once the provider has stopped.
+//!
+//! redis-rs's re-auth task (1.x) logs a failed `AUTH` and then stops re-authenticating that
+//! connection for good, and gives its caller no signal. The stream notices part of it: when a
+//! stream is dropped right after yielding a *rotated* generation (before redis-rs asked for
+//! the next one), that `AUTH` failed or the connection died while sending it. The stream then
+//! reports it ([`Event::ReauthFailed`](redis_entraid_core::event::Event::ReauthFailed)) and
+//! asks for a fresh token ([`Provider::refresh_now`]). What it cannot do is make redis-rs retry
+//! on that connection: a `MultiplexedConnection` stays on its old token until the server closes
+//! it at expiry; a `ConnectionManager` or cluster connection then reconnects with the latest
+//! credentials. Commands that fail with `WRONGPASS` / `NOAUTH` can be fed to [`report_error`].
+//!
+//! # Pub/sub
+//!
+//! RESP3 connections re-`AUTH` in place, subscriptions included (redis-rs's `push_sender`
+//! connections). A RESP2 subscriber cannot send `AUTH` while subscribed, so
+//! [`Resp2Subscriber`] swaps connections instead; see its documentation for what is
+//! guaranteed.
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures_util::{FutureExt, Stream, StreamExt};
+use redis::auth::{BasicAuth, StreamingCredentialsProvider};
+use redis::{ErrorKind, RedisError, RedisResult};
+use redis_entraid_core::error::{ReauthError, ReauthErrorKind};
+use redis_entraid_core::event::Generation;
+use redis_entraid_core::token::Credentials;
+use tokio::sync::mpsc;
+
+use crate::provider::{Command, Provider, Snapshot, WeakProvider};
+
+impl StreamingCredentialsProvider for Provider {
+    fn subscribe(&self) -> Pin<Box<dyn Stream<Item = RedisResult<BasicAuth>> + Send + 'static>> {
+        credentials_stream(self.downgrade())
+    }
+}
+
+fn basic_auth(credentials: &Credentials) -> BasicAuth {
+    BasicAuth::new(
+        credentials.username().to_owned(),
+        credentials.password().expose_secret().to_owned(),
+    )
+}
+
+struct StreamState {
+    provider: WeakProvider,
+    seen: Option<Generation>,
+    /// A generation yielded after the first item, whose `AUTH` is not known to have worked
+    unconfirmed: Option<Generation>,
+    ended: bool,
+}
+
+impl Drop for StreamState {
+    fn drop(&mut self) {
+        if let Some(generation) = self.unconfirmed.take() {
+            tracing::warn!(
+                generation = generation.0,
+                "a redis-rs connection stopped re-authenticating right after being handed new \
+                 credentials (its AUTH failed or it closed); fetching a fresh token"
+            );
+            self.provider.send(Command::Reauth {
+                generation,
+                result: Err(ReauthError::new(
+                    ReauthErrorKind::Other,
+                    "redis-rs stopped re-authenticating a connection after AUTH with these \
+                     credentials (the AUTH failed or the connection closed)",
+                )),
+            });
+            self.provider.send(Command::RefreshNow);
+        }
+    }
+}
+
+fn credentials_stream(
+    provider: WeakProvider,
+) -> Pin<Box<dyn Stream<Item = RedisResult<BasicAuth>> + Send + 'static>> {
+    let state = StreamState {
+        provider,
+        seen: None,
+        unconfirmed: None,
+        ended: false,
+    };
+    Box::pin(futures_util::stream::unfold(state, |mut st| async move {
+        // Being polled again means the consumer finished with the previous item.
+        st.unconfirmed = None;
+        if st.ended {
+            return None;
+        }
+        let first = st.seen.is_none();
+        let seen = st.seen;
+        let mut rx = st.provider.state.clone();
+        let newer = |s: &Snapshot| match (&s.latest, seen) {
+            (Some((g, _)), Some(seen)) => *g > seen,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        let found = rx
+            .wait_for(|s| s.stopped || newer(s))
+            .await
+            .ok()
+            .and_then(|s| if newer(&s) { s.latest.clone() } else { None });
+        match found {
+            Some((generation, credentials)) => {
+                st.seen = Some(generation);
+                if !first {
+                    st.unconfirmed = Some(generation);
+                }
+                Some((Ok(basic_auth(&credentials)), st))
+            }
+            None => {
+                st.ended = true;
+                Some((
+                    Err(RedisError::from((
+                        ErrorKind::AuthenticationFailed,
+                        "the redis-entraid provider has stopped",
+                    ))),
+                    st,
+                ))
+            }
+        }
+    }))
+}
+
+/// Reports a Redis error to the provider when it says the credentials were refused
+/// (`WRONGPASS`, `NOAUTH`, authentication failed): the provider publishes
+/// [`Event::ReauthFailed`](redis_entraid_core::event::Event::ReauthFailed) and fetches a fresh
+/// token. Returns whether it was such an error.
+pub fn report_error(provider: &Provider, error: &RedisError) -> bool {
+    let code = error.code().unwrap_or_default();
+    let kind = match code {
+        "WRONGPASS" => ReauthErrorKind::WrongPass,
+        "NOAUTH" => ReauthErrorKind::NoAuth,
+        _ if error.kind() == ErrorKind::AuthenticationFailed => ReauthErrorKind::WrongPass,
+        _ => return false,
+    };
+    let generation = provider.current().map_or(Generation(0), |(g, _)| g);
+    provider.report_reauth(
+        generation,
+        Err(ReauthError::new(
+            kind,
+            format!("Redis refused a command: {code}"),
+        )),
+    );
+    true
+}
+
+/// A RESP2 pub/sub subscriber that stays authenticated by swapping connections
+///
+/// A RESP2 connection in subscribed mode accepts no `AUTH`, so it cannot be re-authenticated
+/// in place. For every new credential generation (well before the old token expires, on the
+/// provider's schedule) this subscriber:
+/// 1. opens a new connection with the new credentials and subscribes it to every channel and
+///    pattern (waiting for each confirmation);
+/// 2. meanwhile keeps forwarding messages from the old connection;
+/// 3. unsubscribes the old connection, forwards every message that reached it before the
+///    unsubscribe was confirmed, and closes it.
+///
+/// **Guarantee**: every message Redis delivers to this subscriber's channels while either
+/// connection is subscribed is forwarded; none published during a swap is lost. Messages
+/// published while both connections are subscribed (the overlap between steps 1 and 3) are
+/// delivered **twice**, once per connection; nothing is deduplicated (Redis messages carry no
+/// id). Ordering holds per connection, not across the swap. If a swap fails (no new
+/// connection), the subscriber keeps the old one and retries every second until the old token
+/// expires, publishing nothing lost while the old connection lives.
+///
+/// ```no_run
+/// # use redis_entraid_tokio::{Provider, redis_async::Resp2Subscriber};
+/// # async fn demo(provider: Provider) -> redis::RedisResult<()> {
+/// let client = redis::Client::open("redis://my-cache.example:10000")?;
+/// let mut subscriber = Resp2Subscriber::connect(client, provider).await?;
+/// subscriber.subscribe("news").await?;
+/// while let Some(msg) = subscriber.next_message().await {
+///     let payload: String = msg.get_payload()?;
+///     println!("{payload}");
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Resp2Subscriber {
+    messages: mpsc::UnboundedReceiver<redis::Msg>,
+    control: mpsc::UnboundedSender<Control>,
+    task: tokio::task::JoinHandle<()>,
+    swaps: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+enum Control {
+    Subscribe(String, bool, tokio::sync::oneshot::Sender<RedisResult<()>>),
+    Unsubscribe(String, bool, tokio::sync::oneshot::Sender<RedisResult<()>>),
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Control")
+    }
+}
+
+impl Drop for Resp2Subscriber {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn open_pubsub(
+    client: &redis::Client,
+    credentials: &Credentials,
+) -> RedisResult<redis::aio::PubSub> {
+    let info = client.get_connection_info().clone();
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_username(credentials.username())
+        .set_password(credentials.password().expose_secret());
+    redis::Client::open(info.set_redis_settings(settings))?
+        .get_async_pubsub()
+        .await
+}
+
+struct Subscriptions {
+    channels: BTreeSet<String>,
+    patterns: BTreeSet<String>,
+}
+
+impl Subscriptions {
+    async fn apply(&self, sink: &mut redis::aio::PubSubSink) -> RedisResult<()> {
+        for c in &self.channels {
+            sink.subscribe(c).await?;
+        }
+        for p in &self.patterns {
+            sink.psubscribe(p).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Resp2Subscriber {
+    /// Connects with the provider's latest credentials (waiting up to 30 s for the first)
+    ///
+    /// # Errors
+    /// `AuthenticationFailed` when the provider has no credentials; the connection error
+    /// otherwise.
+    pub async fn connect(client: redis::Client, provider: Provider) -> RedisResult<Self> {
+        let mut creds = provider.subscribe();
+        let Some((generation, credentials)) = creds.wait_changed(Duration::from_secs(30)).await
+        else {
+            return Err(RedisError::from((
+                ErrorKind::AuthenticationFailed,
+                "the redis-entraid provider has no credentials",
+            )));
+        };
+        let pubsub = open_pubsub(&client, &credentials).await?;
+        let (messages_tx, messages) = mpsc::unbounded_channel();
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let swaps = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let task = tokio::spawn(run_subscriber(
+            client,
+            provider.downgrade(),
+            creds,
+            generation,
+            pubsub,
+            messages_tx,
+            control_rx,
+            std::sync::Arc::clone(&swaps),
+        ));
+        Ok(Self {
+            messages,
+            control,
+            task,
+            swaps,
+        })
+    }
+
+    async fn control(
+        &self,
+        make: impl FnOnce(tokio::sync::oneshot::Sender<RedisResult<()>>) -> Control,
+    ) -> RedisResult<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let closed = || RedisError::from((ErrorKind::Io, "the subscriber task has ended"));
+        self.control.send(make(tx)).map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
+    }
+
+    /// Subscribes to `channel` (kept across connection swaps)
+    ///
+    /// # Errors
+    /// The server's answer, or `Io` when the subscriber task has ended.
+    pub async fn subscribe(&mut self, channel: &str) -> RedisResult<()> {
+        self.control(|tx| Control::Subscribe(channel.to_owned(), false, tx))
+            .await
+    }
+
+    /// Subscribes to `pattern` (kept across connection swaps)
+    ///
+    /// # Errors
+    /// As [`subscribe`](Self::subscribe).
+    pub async fn psubscribe(&mut self, pattern: &str) -> RedisResult<()> {
+        self.control(|tx| Control::Subscribe(pattern.to_owned(), true, tx))
+            .await
+    }
+
+    /// Unsubscribes from `channel`
+    ///
+    /// # Errors
+    /// As [`subscribe`](Self::subscribe).
+    pub async fn unsubscribe(&mut self, channel: &str) -> RedisResult<()> {
+        self.control(|tx| Control::Unsubscribe(channel.to_owned(), false, tx))
+            .await
+    }
+
+    /// Unsubscribes from `pattern`
+    ///
+    /// # Errors
+    /// As [`subscribe`](Self::subscribe).
+    pub async fn punsubscribe(&mut self, pattern: &str) -> RedisResult<()> {
+        self.control(|tx| Control::Unsubscribe(pattern.to_owned(), true, tx))
+            .await
+    }
+
+    /// The next message; `None` once the subscriber has ended (provider stopped, or the
+    /// connection lost and not replaceable)
+    pub async fn next_message(&mut self) -> Option<redis::Msg> {
+        self.messages.recv().await
+    }
+
+    /// How many times the subscriber swapped to a freshly authenticated connection
+    pub fn swaps(&self) -> u64 {
+        self.swaps.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+type MsgStream = Pin<Box<dyn Stream<Item = redis::Msg> + Send>>;
+
+#[allow(clippy::too_many_arguments)]
+async fn run_subscriber(
+    client: redis::Client,
+    provider: WeakProvider,
+    mut creds: crate::provider::Subscription,
+    mut generation: Generation,
+    pubsub: redis::aio::PubSub,
+    out: mpsc::UnboundedSender<redis::Msg>,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    swaps: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    let mut subs = Subscriptions {
+        channels: BTreeSet::new(),
+        patterns: BTreeSet::new(),
+    };
+    let (mut sink, stream) = pubsub.split();
+    let mut stream: MsgStream = Box::pin(stream);
+    let mut pending: Option<(Generation, Credentials)> = None;
+    let mut retry = tokio::time::interval(Duration::from_secs(1));
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            msg = stream.next() => match msg {
+                Some(msg) => { if out.send(msg).is_err() { return; } }
+                None => {
+                    // The connection closed: reconnect at once with the latest credentials.
+                    tracing::warn!("RESP2 subscriber connection closed; reconnecting");
+                    match provider.state.borrow().latest.clone() {
+                        Some(latest) => pending = Some(latest),
+                        None => return,
+                    }
+                    stream = Box::pin(futures_util::stream::pending());
+                }
+            },
+            cmd = control.recv() => {
+                let Some(cmd) = cmd else { return };
+                match cmd {
+                    Control::Subscribe(name, pattern, reply) => {
+                        let r = if pattern { sink.psubscribe(&name).await } else { sink.subscribe(&name).await };
+                        if r.is_ok() {
+                            if pattern { subs.patterns.insert(name); } else { subs.channels.insert(name); }
+                        }
+                        let _ = reply.send(r);
+                    }
+                    Control::Unsubscribe(name, pattern, reply) => {
+                        let r = if pattern { sink.punsubscribe(&name).await } else { sink.unsubscribe(&name).await };
+                        if pattern { subs.patterns.remove(&name); } else { subs.channels.remove(&name); }
+                        let _ = reply.send(r);
+                    }
+                }
+            },
+            next = creds.changed() => match next {
+                Some(next) => pending = Some(next),
+                None => return,
+            },
+            _ = retry.tick(), if pending.is_some() => {}
+        }
+        let Some((next_generation, credentials)) = pending.clone() else {
+            continue;
+        };
+        // Step 1: a new connection with the new credentials, subscribed to everything,
+        // while the old one keeps delivering.
+        let opened = async {
+            let (mut new_sink, new_stream) = open_pubsub(&client, &credentials).await?.split();
+            subs.apply(&mut new_sink).await?;
+            RedisResult::Ok((new_sink, Box::pin(new_stream) as MsgStream))
+        };
+        let mut opened = std::pin::pin!(opened);
+        let result = loop {
+            tokio::select! {
+                r = &mut opened => break r,
+                msg = stream.next() => if let Some(msg) = msg {
+                    if out.send(msg).is_err() { return; }
+                },
+            }
+        };
+        let (new_sink, new_stream) = match result {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!("RESP2 subscriber could not open a new connection: {e}; retrying");
+                continue;
+            }
+        };
+        // Step 3: unsubscribe the old one, forwarding from both meanwhile, then drain it.
+        let mut old_sink = std::mem::replace(&mut sink, new_sink);
+        let mut old_stream = std::mem::replace(&mut stream, new_stream);
+        let unsubscribe = async {
+            for c in &subs.channels {
+                let _ = old_sink.unsubscribe(c).await;
+            }
+            for p in &subs.patterns {
+                let _ = old_sink.punsubscribe(p).await;
+            }
+        };
+        let mut unsubscribe = Box::pin(unsubscribe);
+        loop {
+            tokio::select! {
+                () = &mut unsubscribe => break,
+                msg = old_stream.next() => match msg {
+                    Some(msg) => { if out.send(msg).is_err() { return; } }
+                    None => break,
+                },
+                msg = stream.next() => if let Some(msg) = msg {
+                    if out.send(msg).is_err() { return; }
+                },
+            }
+        }
+        while let Some(Some(msg)) = old_stream.next().now_or_never() {
+            if out.send(msg).is_err() {
+                return;
+            }
+        }
+        drop(unsubscribe);
+        drop((old_sink, old_stream));
+        tracing::debug!(
+            from = generation.0,
+            to = next_generation.0,
+            "RESP2 subscriber swapped to a freshly authenticated connection"
+        );
+        generation = next_generation;
+        pending = None;
+        swaps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
