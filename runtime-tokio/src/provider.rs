@@ -355,6 +355,7 @@ impl Provider {
     }
 
     /// A handle that does not keep the driver alive (used by connection integrations)
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn downgrade(&self) -> WeakProvider {
         WeakProvider {
             state: self.inner.state.clone(),
@@ -366,11 +367,13 @@ impl Provider {
 /// What connection integrations hold: the latest value, and a way to report back that does
 /// not keep the driver alive once every [`Provider`] is gone
 #[derive(Clone)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) struct WeakProvider {
     pub(crate) state: watch::Receiver<Snapshot>,
     commands: mpsc::WeakUnboundedSender<Command>,
 }
 
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 impl WeakProvider {
     pub(crate) fn send(&self, command: Command) {
         if let Some(commands) = self.commands.upgrade() {

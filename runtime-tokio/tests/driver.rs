@@ -1,0 +1,366 @@
+//! The driver's behaviours on tokio with paused time: hours of token lifetimes in milliseconds
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis_entraid_core::config::{Config, RetryPolicy};
+use redis_entraid_core::error::{FetchError, ReauthError, ResponseError, TransportError};
+use redis_entraid_core::event::{Event, Generation, Status};
+use redis_entraid_core::testing::unsigned_token;
+use redis_entraid_core::token::TokenResponse;
+use redis_entraid_tokio::{Provider, Startup, StartupError};
+use tokio::time::Instant;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// A token valid for `ttl` seconds whose `exp` moves with tokio's (paused) clock
+fn mint(start: Instant, ttl: i64) -> TokenResponse {
+    let wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let exp = wall + start.elapsed().as_secs() as i64 + ttl;
+    let token = unsigned_token(&format!(
+        r#"{{"oid":"test-oid","tid":"t","aud":"https://redis.azure.com","exp":{exp}}}"#
+    ));
+    TokenResponse::new(token).with_expires_in(ttl)
+}
+
+/// A source answering after 50 ms; `fail_first` requests fail with a retryable 503
+fn source(
+    ttl: i64,
+    fail_first: u32,
+    calls: Arc<AtomicU32>,
+) -> impl Fn(
+    Duration,
+) -> std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<TokenResponse, FetchError>> + Send>,
+> + Send
+       + Sync
+       + 'static {
+    let start = Instant::now();
+    move |_timeout| {
+        let n = calls.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if n < fail_first {
+                Err(ResponseError::new("unavailable", true)
+                    .with_status(503)
+                    .into())
+            } else {
+                Ok(mint(start, ttl))
+            }
+        })
+    }
+}
+
+fn counter() -> Arc<AtomicU32> {
+    Arc::new(AtomicU32::new(0))
+}
+
+#[tokio::test(start_paused = true)]
+async fn startup_wait_returns_with_the_first_token() {
+    let provider = Provider::builder()
+        .startup(Startup::Wait(Duration::from_secs(5)))
+        .build(source(3600, 0, counter()))
+        .await
+        .unwrap();
+    assert_eq!(provider.credentials().unwrap().username(), "test-oid");
+    assert!(matches!(provider.status(), Status::Valid { .. }));
+}
+
+#[tokio::test(start_paused = true)]
+async fn startup_wait_retries_through_failures() {
+    let calls = counter();
+    let provider = Provider::builder()
+        .startup(Startup::Wait(Duration::from_secs(30)))
+        .build(source(3600, 2, calls.clone()))
+        .await
+        .unwrap();
+    assert!(provider.credentials().is_some());
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn startup_wait_times_out_with_the_last_error() {
+    let err = Provider::builder()
+        .startup(Startup::Wait(Duration::from_secs(3)))
+        .build(source(3600, u32::MAX, counter()))
+        .await
+        .unwrap_err();
+    match err {
+        StartupError::TimedOut { waited, last_error } => {
+            assert_eq!(waited, Duration::from_secs(3));
+            assert!(last_error.unwrap().to_string().contains("unavailable"));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn startup_fail_fast_reports_the_first_error() {
+    let calls = counter();
+    let err = Provider::builder()
+        .startup(Startup::FailFast)
+        .build(source(3600, 1, calls.clone()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StartupError::FetchFailed(_)), "{err:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn startup_lazy_returns_at_once_and_the_token_follows() {
+    let provider = Provider::builder()
+        .startup(Startup::Lazy)
+        .build(source(3600, 0, counter()))
+        .await
+        .unwrap();
+    assert!(provider.credentials().is_none());
+    let (generation, credentials) = provider
+        .wait_newer(None, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(generation, Generation(1));
+    assert_eq!(credentials.username(), "test-oid");
+}
+
+#[tokio::test(start_paused = true)]
+async fn rotates_hourly_tokens_for_a_day_without_expiring() {
+    let calls = counter();
+    let provider = Provider::builder()
+        .build(source(3600, 0, calls.clone()))
+        .await
+        .unwrap();
+    let mut events = provider.events();
+    let mut subscription = provider.subscribe();
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    while started.elapsed() < 24 * HOUR {
+        if let Some((generation, _)) = subscription.wait_changed(HOUR).await {
+            seen.push((started.elapsed(), generation));
+        }
+    }
+    // Default policy: refresh at 0.7 * 3600 s = 42 min.
+    assert!(seen.len() >= 33, "{} rotations", seen.len());
+    for pair in seen.windows(2) {
+        let gap = pair[1].0 - pair[0].0;
+        assert!(
+            gap >= Duration::from_secs(2500) && gap <= Duration::from_secs(2540),
+            "{gap:?}"
+        );
+    }
+    let mut expired = 0;
+    while let Ok(event) = events.try_recv() {
+        expired += usize::from(matches!(event, Event::Expired { .. }));
+    }
+    assert_eq!(expired, 0);
+    assert!(matches!(provider.status(), Status::Valid { .. }));
+}
+
+#[tokio::test(start_paused = true)]
+async fn keeps_retrying_after_retries_are_exhausted_and_recovers() {
+    let calls = counter();
+    let config = Config::builder()
+        .retry(
+            RetryPolicy::builder()
+                .max_attempts(3)
+                .initial_delay(Duration::from_secs(1))
+                .max_delay(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let provider = Provider::builder()
+        .config(config)
+        .startup(Startup::Lazy)
+        .build(source(3600, 10, calls.clone()))
+        .await
+        .unwrap();
+    let mut events = provider.events();
+    let got = provider.wait_newer(None, 2 * HOUR).await;
+    assert!(got.is_some(), "never recovered");
+    assert_eq!(calls.load(Ordering::SeqCst), 11);
+    let mut exhausted = 0;
+    let mut failed = 0;
+    while let Ok(event) = events.try_recv() {
+        match event {
+            Event::RetriesExhausted { .. } => exhausted += 1,
+            Event::FetchFailed { .. } => failed += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(exhausted, 1);
+    assert_eq!(failed, 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_fetch_times_out_and_is_retried() {
+    let calls = counter();
+    let c = calls.clone();
+    let start = Instant::now();
+    let provider = Provider::builder()
+        .startup(Startup::Wait(Duration::from_secs(60)))
+        .build(move |_timeout: Duration| {
+            let n = c.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n == 0 {
+                    std::future::pending::<()>().await;
+                }
+                Ok(mint(start, 3600))
+            }
+        })
+        .await
+        .unwrap();
+    assert!(provider.credentials().is_some());
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    // The default request timeout is 10 s; the retry follows about 1 s later.
+    assert!(start.elapsed() >= Duration::from_secs(10));
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_now_fetches_a_newer_token() {
+    let calls = counter();
+    let provider = Provider::builder()
+        .build(source(3600, 0, calls.clone()))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    provider.refresh_now();
+    let (generation, _) = provider
+        .wait_newer(Some(Generation(1)), Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(generation, Generation(2));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rejected_reauth_is_reported_and_triggers_a_refresh() {
+    let provider = Provider::builder()
+        .build(source(3600, 0, counter()))
+        .await
+        .unwrap();
+    let mut events = provider.events();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    provider.report_reauth(
+        Generation(1),
+        Err(ReauthError::from_server_reply(
+            "WRONGPASS invalid username-password pair",
+        )),
+    );
+    let got = provider
+        .wait_newer(Some(Generation(1)), Duration::from_secs(30))
+        .await;
+    assert_eq!(got.unwrap().0, Generation(2));
+    let mut reported = false;
+    while let Ok(event) = events.try_recv() {
+        reported |= matches!(
+            event,
+            Event::ReauthFailed {
+                generation: Generation(1),
+                ..
+            }
+        );
+    }
+    assert!(reported);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_stops_every_clone() {
+    let provider = Provider::builder()
+        .build(source(3600, 0, counter()))
+        .await
+        .unwrap();
+    let other = provider.clone();
+    let mut events = provider.events();
+    let mut subscription = other.subscribe();
+    let _ = subscription.next_if_changed();
+    provider.shutdown().await;
+    assert_eq!(other.status(), Status::Stopped);
+    assert!(matches!(events.recv().await.unwrap(), Event::Stopped));
+    // A subscription ends instead of waiting for ever.
+    assert!(subscription.changed().await.is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_last_handle_ends_the_driver_task() {
+    let marker = Arc::new(());
+    let weak = Arc::downgrade(&marker);
+    let start = Instant::now();
+    let provider = Provider::builder()
+        .build(move |_timeout: Duration| {
+            let _keep = &marker;
+            async move { Ok(mint(start, 3600)) }
+        })
+        .await
+        .unwrap();
+    let mut events = provider.events();
+    let clone = provider.clone();
+    drop(provider);
+    tokio::task::yield_now().await;
+    assert!(weak.upgrade().is_some(), "a clone is still alive");
+    drop(clone);
+    // The driver sees the closed command channel, stops and drops its source.
+    assert!(matches!(events.recv().await.unwrap(), Event::Stopped));
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        weak.upgrade().is_none(),
+        "the driver task still holds its source"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_event_receiver_lags_without_slowing_the_driver() {
+    let provider = Provider::builder()
+        .event_capacity(2)
+        .build(source(60, 0, counter()))
+        .await
+        .unwrap();
+    let mut events = provider.events();
+    let mut subscription = provider.subscribe();
+    let _ = subscription.next_if_changed();
+    // Tokens of 60 s with the default 3-minute lower bound rotate every 10 s (the minimum
+    // interval); nobody reads the events meanwhile.
+    let mut rotations = 0;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(300) {
+        if subscription
+            .wait_changed(Duration::from_secs(60))
+            .await
+            .is_some()
+        {
+            rotations += 1;
+        }
+    }
+    assert!(rotations >= 20, "{rotations}");
+    assert!(matches!(
+        events.recv().await,
+        Err(tokio::sync::broadcast::error::RecvError::Lagged(_))
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_permanent_error_is_retried_at_the_slow_pace() {
+    let calls = counter();
+    let c = calls.clone();
+    let provider = Provider::builder()
+        .startup(Startup::Lazy)
+        .build(move |_timeout: Duration| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async { Err::<TokenResponse, _>(TransportError::permanent("no such file").into()) }
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    // Non-retryable failures wait max_delay (30 s) between tries; they never stop.
+    let n = calls.load(Ordering::SeqCst);
+    assert!((15..=25).contains(&n), "{n} calls in 10 minutes");
+    assert!(provider.last_error().is_some());
+}
