@@ -1,0 +1,317 @@
+//! End to end through the emulator: 6-second tokens for 42 seconds, every client kind at once
+//!
+//! Each scenario counts its commands and failures; the emulator counts connections it closed
+//! because their token expired. Run with `--nocapture` to see the figures.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use redis_entraid_core::config::{Config, RefreshPolicy, RetryPolicy};
+use redis_entraid_core::identity::chain::DefaultChain;
+use redis_entraid_core::identity::TokenSource as Flow;
+use redis_entraid_emulator::{Emulator, Endpoint, Fault, FaultKind};
+use redis_entraid_tokio::http::ReqwestClient;
+use redis_entraid_tokio::redis_async::Resp2Subscriber;
+use redis_entraid_tokio::{Identity, Provider, Startup};
+use tokio::time::Instant;
+
+const RUN: Duration = Duration::from_secs(42);
+const CONNECTIONS: usize = 1000;
+
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl Tally {
+    fn record<T>(&self, what: &str, r: redis::RedisResult<T>) {
+        match r {
+            Ok(_) => {
+                self.ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                if self.failed.fetch_add(1, Ordering::Relaxed) < 5 {
+                    eprintln!("{what}: command failed: {e}");
+                }
+            }
+        }
+    }
+    fn figures(&self) -> (u64, u64) {
+        (self.ok.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
+    }
+}
+
+fn config() -> Config {
+    Config::builder()
+        .refresh(
+            RefreshPolicy::builder()
+                .ratio(0.6)
+                .lower_bound(Duration::from_secs(2))
+                .min_interval(Duration::from_millis(500))
+                .build()
+                .unwrap(),
+        )
+        .retry(
+            RetryPolicy::builder()
+                .initial_delay(Duration::from_millis(100))
+                .max_delay(Duration::from_secs(1))
+                .build()
+                .unwrap(),
+        )
+        .request_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap()
+}
+
+async fn provider(emu: &Emulator) -> Provider {
+    let env: BTreeMap<String, String> = emu.env().into_iter().collect();
+    let flow = Flow::DefaultChain(DefaultChain::from_env(&env));
+    let client = ReqwestClient::builder()
+        .ignore_ssl_cert_file()
+        .add_root_certificates_pem(emu.ca_cert_pem().as_bytes())
+        .unwrap()
+        .build()
+        .unwrap();
+    Provider::builder()
+        .config(config())
+        .startup(Startup::Wait(Duration::from_secs(10)))
+        .build(Identity::with_client(flow, client))
+        .await
+        .unwrap()
+}
+
+fn url(emu: &Emulator, resp3: bool) -> String {
+    let addr = emu.redis_addr().unwrap();
+    if resp3 {
+        format!("redis://{addr}/?protocol=resp3")
+    } else {
+        format!("redis://{addr}")
+    }
+}
+
+fn report(name: &str, connections: usize, tally: &Tally) -> u64 {
+    let (ok, failed) = tally.figures();
+    eprintln!("{name}: {connections} connection(s), {ok} commands ok, {failed} failed");
+    failed
+}
+
+async fn multiplexed(emu: &Emulator, provider: &Provider, tally: Arc<Tally>) {
+    let client = redis::Client::open(url(emu, false)).unwrap();
+    let config = redis::AsyncConnectionConfig::new()
+        .set_credentials_provider(provider.clone())
+        .set_response_timeout(Some(Duration::from_secs(5)));
+    let mut connections = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        connections.push(
+            client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+                .unwrap(),
+        );
+    }
+    let end = Instant::now() + RUN;
+    let mut tasks = Vec::new();
+    for (i, mut con) in connections.into_iter().enumerate() {
+        let tally = Arc::clone(&tally);
+        tasks.push(tokio::spawn(async move {
+            // Spread the connections' commands over each second.
+            tokio::time::sleep(Duration::from_millis((i % 1000) as u64)).await;
+            while Instant::now() < end {
+                let r: redis::RedisResult<i64> = con.incr("mux", 1).await;
+                tally.record("multiplexed", r);
+                tokio::time::sleep(Duration::from_millis(1000)).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+async fn manager(emu: &Emulator, provider: &Provider, tally: Arc<Tally>) {
+    let client = redis::Client::open(url(emu, false)).unwrap();
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_credentials_provider(provider.clone());
+    let mut con = redis::aio::ConnectionManager::new_with_config(client, config)
+        .await
+        .unwrap();
+    let end = Instant::now() + RUN;
+    while Instant::now() < end {
+        let r: redis::RedisResult<i64> = con.incr("manager", 1).await;
+        tally.record("connection manager", r);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A publisher on its own connection; returns how many messages it published
+async fn publish(emu: &Emulator, provider: &Provider, channel: &str, tally: Arc<Tally>) -> u64 {
+    let client = redis::Client::open(url(emu, false)).unwrap();
+    let config = redis::AsyncConnectionConfig::new().set_credentials_provider(provider.clone());
+    let mut con = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap();
+    let end = Instant::now() + RUN;
+    let mut n = 0u64;
+    while Instant::now() < end {
+        let r: redis::RedisResult<i64> = con.publish(channel, n).await;
+        tally.record("publisher", r);
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    n
+}
+
+async fn resp3_pubsub(emu: &Emulator, provider: &Provider, tally: Arc<Tally>) -> (u64, u64) {
+    let client = redis::Client::open(url(emu, true)).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let config = redis::AsyncConnectionConfig::new()
+        .set_credentials_provider(provider.clone())
+        .set_push_sender(tx);
+    let mut con = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap();
+    con.subscribe("resp3").await.unwrap();
+    let published = publish(emu, provider, "resp3", Arc::clone(&tally)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut seen = std::collections::BTreeSet::new();
+    while let Ok(push) = rx.try_recv() {
+        if push.kind == redis::PushKind::Message {
+            let n: u64 = redis::from_redis_value(push.data[1].clone()).unwrap();
+            seen.insert(n);
+        }
+    }
+    // Keep the subscriber alive and authenticated to the end.
+    let r: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut con).await;
+    tally.record("resp3 subscriber", r);
+    (published, seen.len() as u64)
+}
+
+async fn resp2_subscriber(emu: &Emulator, provider: &Provider, tally: Arc<Tally>) -> (u64, u64, u64, u64) {
+    let client = redis::Client::open(url(emu, false)).unwrap();
+    let mut sub = Resp2Subscriber::connect(client, provider.clone())
+        .await
+        .unwrap();
+    sub.subscribe("resp2").await.unwrap();
+    let published = publish(emu, provider, "resp2", tally).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut received = 0u64;
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(200), sub.next_message()).await {
+        received += 1;
+        seen.insert(msg.get_payload::<u64>().unwrap());
+    }
+    (published, seen.len() as u64, received, sub.swaps())
+}
+
+async fn fred_client(emu: &Emulator, provider: &Provider, tally: Arc<Tally>) {
+    use fred::interfaces::{ClientLike, KeysInterface};
+    let mut config = fred::types::config::Config::from_url(&url(emu, false)).unwrap();
+    config.credential_provider = Some(Arc::new(
+        redis_entraid_tokio::fred_provider::FredCredentials::new(provider.clone()),
+    ));
+    let client = fred::clients::Client::new(config, None, None, None);
+    client.init().await.unwrap();
+    let end = Instant::now() + RUN;
+    while Instant::now() < end {
+        let r: Result<i64, fred::error::Error> = client.incr("fred").await;
+        if let Err(e) = &r {
+            eprintln!("fred: {e}");
+        }
+        tally.record("fred", r.map_err(|e| redis::RedisError::from((redis::ErrorKind::Io, "fred", e.to_string()))));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = client.quit().await;
+}
+
+async fn run_everything(faults: bool) {
+    let emu = Emulator::builder()
+        .token_lifetime(Duration::from_secs(6))
+        .start()
+        .await
+        .unwrap();
+    let provider = provider(&emu).await;
+    let mut subscription = provider.subscribe();
+    let _ = subscription.next_if_changed();
+    let rotations = Arc::new(AtomicU64::new(0));
+    let counting = {
+        let rotations = Arc::clone(&rotations);
+        tokio::spawn(async move {
+            while subscription.changed().await.is_some() {
+                rotations.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let mut fault_task = None;
+    if faults {
+        // Bursts of failures that each clear well within a 6 s token's last 2.4 s: the
+        // machine retries every 100 ms .. 1 s.
+        let f = emu.faults().clone();
+        fault_task = Some(tokio::spawn(async move {
+            let kinds = [
+                Fault::status(500).times(2),
+                Fault::too_many_requests(1).times(1),
+                Fault::delay(Duration::from_millis(1500)).times(1),
+                Fault::new(FaultKind::MalformedBody).times(1),
+                Fault::status(503).times(3),
+            ];
+            for (i, fault) in kinds.iter().cycle().take(12).enumerate() {
+                tokio::time::sleep(Duration::from_millis(if i == 0 { 1000 } else { 3000 })).await;
+                f.inject(fault.clone().only(Endpoint::Entra));
+            }
+        }));
+    }
+    let label = if faults { "with faults" } else { "no faults" };
+    let t = |_: ()| Arc::new(Tally::default());
+    let (mux, man, r3, r2, fr) = (t(()), t(()), t(()), t(()), t(()));
+    let started = Instant::now();
+    let ((), (), (p3, s3), (p2, s2, received2, swaps), ()) = tokio::join!(
+        multiplexed(&emu, &provider, Arc::clone(&mux)),
+        manager(&emu, &provider, Arc::clone(&man)),
+        resp3_pubsub(&emu, &provider, Arc::clone(&r3)),
+        resp2_subscriber(&emu, &provider, Arc::clone(&r2)),
+        fred_client(&emu, &provider, Arc::clone(&fr)),
+    );
+    let elapsed = started.elapsed();
+    if let Some(task) = fault_task {
+        task.await.unwrap();
+    }
+    let counters = emu.counters();
+    let rotations = rotations.load(Ordering::Relaxed);
+    eprintln!("== {label}: {elapsed:?}, {rotations} rotations seen, counters {counters:?}");
+    let mut failed = 0;
+    failed += report(&format!("[{label}] multiplexed"), CONNECTIONS, &mux);
+    failed += report(&format!("[{label}] connection manager"), 1, &man);
+    failed += report(&format!("[{label}] resp3 pub/sub (+publisher)"), 2, &r3);
+    eprintln!("[{label}] resp3 pub/sub: {p3} published, {s3} distinct received");
+    failed += report(&format!("[{label}] resp2 subscriber publisher"), 1, &r2);
+    eprintln!("[{label}] resp2 subscriber: {p2} published, {s2} distinct received, {received2} received in all, {swaps} swaps");
+    failed += report(&format!("[{label}] fred"), 1, &fr);
+    counting.abort();
+    assert_eq!(failed, 0, "failed commands");
+    assert_eq!(counters.redis_closed_for_expiry, 0, "connections closed for expiry");
+    assert_eq!(s3, p3, "RESP3 subscriber lost messages");
+    assert_eq!(s2, p2, "RESP2 subscriber lost messages");
+    assert!(swaps >= 5, "RESP2 subscriber swapped only {swaps} times");
+    assert!(rotations >= 8, "only {rotations} rotations in {elapsed:?}");
+    if faults {
+        assert!(counters.faults_served > 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_client_stays_authenticated_across_rotations() {
+    run_everything(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_client_stays_authenticated_while_the_identity_endpoint_fails() {
+    run_everything(true).await;
+}
