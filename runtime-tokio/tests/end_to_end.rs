@@ -137,7 +137,8 @@ async fn multiplexed(emu: &Emulator, provider: &Provider, tally: Arc<Tally>) {
 async fn manager(emu: &Emulator, provider: &Provider, tally: Arc<Tally>) {
     let client = redis::Client::open(url(emu, false)).unwrap();
     let config = redis::aio::ConnectionManagerConfig::new()
-        .set_credentials_provider(provider.clone());
+        .set_credentials_provider(provider.clone())
+        .set_response_timeout(Some(Duration::from_secs(5)));
     let mut con = redis::aio::ConnectionManager::new_with_config(client, config)
         .await
         .unwrap();
@@ -152,7 +153,9 @@ async fn manager(emu: &Emulator, provider: &Provider, tally: Arc<Tally>) {
 /// A publisher on its own connection; returns how many messages it published
 async fn publish(emu: &Emulator, provider: &Provider, channel: &str, tally: Arc<Tally>) -> u64 {
     let client = redis::Client::open(url(emu, false)).unwrap();
-    let config = redis::AsyncConnectionConfig::new().set_credentials_provider(provider.clone());
+    let config = redis::AsyncConnectionConfig::new()
+        .set_credentials_provider(provider.clone())
+        .set_response_timeout(Some(Duration::from_secs(5)));
     let mut con = client
         .get_multiplexed_async_connection_with_config(&config)
         .await
@@ -173,6 +176,7 @@ async fn resp3_pubsub(emu: &Emulator, provider: &Provider, tally: Arc<Tally>) ->
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let config = redis::AsyncConnectionConfig::new()
         .set_credentials_provider(provider.clone())
+        .set_response_timeout(Some(Duration::from_secs(5)))
         .set_push_sender(tx);
     let mut con = client
         .get_multiplexed_async_connection_with_config(&config)
