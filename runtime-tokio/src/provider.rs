@@ -164,6 +164,7 @@ impl ProviderBuilder {
                 events,
                 config: self.config,
                 task,
+                reported: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             }),
         };
         let mut state = provider.inner.state.clone();
@@ -212,6 +213,7 @@ struct Inner {
     config: Config,
     #[allow(dead_code)]
     task: JoinHandle<()>,
+    reported: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Drop for Inner {
@@ -360,6 +362,7 @@ impl Provider {
         WeakProvider {
             state: self.inner.state.clone(),
             commands: self.inner.commands.downgrade(),
+            reported: Arc::clone(&self.inner.reported),
         }
     }
 }
@@ -371,10 +374,18 @@ impl Provider {
 pub(crate) struct WeakProvider {
     pub(crate) state: watch::Receiver<Snapshot>,
     commands: mpsc::WeakUnboundedSender<Command>,
+    reported: Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 impl WeakProvider {
+    /// Whether this is the first failure report for `generation` (later ones are dropped)
+    pub(crate) fn first_report_for(&self, generation: Generation) -> bool {
+        self.reported
+            .fetch_max(generation.0, std::sync::atomic::Ordering::Relaxed)
+            < generation.0
+    }
+
     pub(crate) fn send(&self, command: Command) {
         if let Some(commands) = self.commands.upgrade() {
             let _ = commands.send(command);

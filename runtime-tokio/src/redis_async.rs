@@ -73,6 +73,11 @@ struct StreamState {
 impl Drop for StreamState {
     fn drop(&mut self) {
         if let Some(generation) = self.unconfirmed.take() {
+            // One report per generation: when many connections die at once (a network
+            // blip), one refresh is enough and the event stream stays readable.
+            if !self.provider.first_report_for(generation) {
+                return;
+            }
             tracing::warn!(
                 generation = generation.0,
                 "a redis-rs connection stopped re-authenticating right after being handed new \

@@ -43,7 +43,10 @@ impl Tally {
         }
     }
     fn figures(&self) -> (u64, u64) {
-        (self.ok.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -198,7 +201,11 @@ async fn resp3_pubsub(emu: &Emulator, provider: &Provider, tally: Arc<Tally>) ->
     (published, seen.len() as u64)
 }
 
-async fn resp2_subscriber(emu: &Emulator, provider: &Provider, tally: Arc<Tally>) -> (u64, u64, u64, u64) {
+async fn resp2_subscriber(
+    emu: &Emulator,
+    provider: &Provider,
+    tally: Arc<Tally>,
+) -> (u64, u64, u64, u64) {
     let client = redis::Client::open(url(emu, false)).unwrap();
     let mut sub = Resp2Subscriber::connect(client, provider.clone())
         .await
@@ -208,7 +215,9 @@ async fn resp2_subscriber(emu: &Emulator, provider: &Provider, tally: Arc<Tally>
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut seen = std::collections::BTreeSet::new();
     let mut received = 0u64;
-    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(200), sub.next_message()).await {
+    while let Ok(Some(msg)) =
+        tokio::time::timeout(Duration::from_millis(200), sub.next_message()).await
+    {
         received += 1;
         seen.insert(msg.get_payload::<u64>().unwrap());
     }
@@ -229,7 +238,10 @@ async fn fred_client(emu: &Emulator, provider: &Provider, tally: Arc<Tally>) {
         if let Err(e) = &r {
             eprintln!("fred: {e}");
         }
-        tally.record("fred", r.map_err(|e| redis::RedisError::from((redis::ErrorKind::Io, "fred", e.to_string()))));
+        tally.record(
+            "fred",
+            r.map_err(|e| redis::RedisError::from((redis::ErrorKind::Io, "fred", e.to_string()))),
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = client.quit().await;
@@ -244,6 +256,15 @@ async fn run_everything(faults: bool) {
     let provider = provider(&emu).await;
     let mut subscription = provider.subscribe();
     let _ = subscription.next_if_changed();
+    let mut events = provider.events();
+    let t0 = Instant::now();
+    let printing = tokio::spawn(async move {
+        while let Ok(event) = events.recv().await {
+            if std::env::var_os("E2E_EVENTS").is_some() {
+                eprintln!("{:>6.2}s {event:?}", t0.elapsed().as_secs_f64());
+            }
+        }
+    });
     let rotations = Arc::new(AtomicU64::new(0));
     let counting = {
         let rotations = Arc::clone(&rotations);
@@ -255,34 +276,50 @@ async fn run_everything(faults: bool) {
     };
     let mut fault_task = None;
     if faults {
-        // Bursts of failures that each clear well within a 6 s token's last 2.4 s: the
-        // machine retries every 100 ms .. 1 s.
+        // After every new token, the next refresh meets one fault burst that clears within
+        // about a second: well inside the 2.4 s a 6 s token has left at its refresh point
+        // (ratio 0.6). The machine retries every 100 ms .. 1 s.
         let f = emu.faults().clone();
+        let mut refreshed = provider.events();
         fault_task = Some(tokio::spawn(async move {
             let kinds = [
                 Fault::status(500).times(2),
                 Fault::too_many_requests(1).times(1),
-                Fault::delay(Duration::from_millis(1500)).times(1),
+                Fault::delay(Duration::from_millis(1000)).times(1),
                 Fault::new(FaultKind::MalformedBody).times(1),
                 Fault::status(503).times(3),
             ];
-            for (i, fault) in kinds.iter().cycle().take(12).enumerate() {
-                tokio::time::sleep(Duration::from_millis(if i == 0 { 1000 } else { 3000 })).await;
-                f.inject(fault.clone().only(Endpoint::Entra));
+            let mut next = kinds.iter().cycle();
+            let stop = Instant::now() + RUN;
+            while Instant::now() < stop {
+                match refreshed.recv().await {
+                    Ok(redis_entraid_core::event::Event::Refreshed { .. }) => {
+                        f.inject(next.next().unwrap().clone().only(Endpoint::Entra));
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => break,
+                }
             }
+            f.clear();
         }));
     }
     let label = if faults { "with faults" } else { "no faults" };
     let t = |_: ()| Arc::new(Tally::default());
     let (mux, man, r3, r2, fr) = (t(()), t(()), t(()), t(()), t(()));
     let started = Instant::now();
-    let ((), (), (p3, s3), (p2, s2, received2, swaps), ()) = tokio::join!(
-        multiplexed(&emu, &provider, Arc::clone(&mux)),
-        manager(&emu, &provider, Arc::clone(&man)),
-        resp3_pubsub(&emu, &provider, Arc::clone(&r3)),
-        resp2_subscriber(&emu, &provider, Arc::clone(&r2)),
-        fred_client(&emu, &provider, Arc::clone(&fr)),
-    );
+    let all = async {
+        tokio::join!(
+            multiplexed(&emu, &provider, Arc::clone(&mux)),
+            manager(&emu, &provider, Arc::clone(&man)),
+            resp3_pubsub(&emu, &provider, Arc::clone(&r3)),
+            resp2_subscriber(&emu, &provider, Arc::clone(&r2)),
+            fred_client(&emu, &provider, Arc::clone(&fr)),
+        )
+    };
+    let ((), (), (p3, s3), (p2, s2, received2, swaps), ()) =
+        tokio::time::timeout(RUN + Duration::from_secs(60), all)
+            .await
+            .expect("the scenarios did not finish");
     let elapsed = started.elapsed();
     if let Some(task) = fault_task {
         task.await.unwrap();
@@ -299,8 +336,12 @@ async fn run_everything(faults: bool) {
     eprintln!("[{label}] resp2 subscriber: {p2} published, {s2} distinct received, {received2} received in all, {swaps} swaps");
     failed += report(&format!("[{label}] fred"), 1, &fr);
     counting.abort();
+    printing.abort();
     assert_eq!(failed, 0, "failed commands");
-    assert_eq!(counters.redis_closed_for_expiry, 0, "connections closed for expiry");
+    assert_eq!(
+        counters.redis_closed_for_expiry, 0,
+        "connections closed for expiry"
+    );
     assert_eq!(s3, p3, "RESP3 subscriber lost messages");
     assert_eq!(s2, p2, "RESP2 subscriber lost messages");
     assert!(swaps >= 5, "RESP2 subscriber swapped only {swaps} times");
