@@ -23,6 +23,7 @@
 //! Blocking tests use [`Emulator::start_blocking`], which runs the emulator on its own runtime.
 
 mod certs;
+mod cluster;
 mod counters;
 mod faults;
 mod http;
@@ -98,6 +99,7 @@ pub struct EmulatorBuilder {
     redis_server: PathBuf,
     work_dir: Option<PathBuf>,
     fresh_signing_key: bool,
+    cluster: usize,
 }
 
 impl Default for EmulatorBuilder {
@@ -120,11 +122,21 @@ impl Default for EmulatorBuilder {
                 .unwrap_or_else(|| PathBuf::from("redis-server")),
             work_dir: None,
             fresh_signing_key: false,
+            cluster: 0,
         }
     }
 }
 
 impl EmulatorBuilder {
+    /// Also starts a Redis cluster of `primaries` nodes (0, the default, for none; at most
+    /// 16), each behind its own enforcing proxy on loopback. The nodes announce their proxies'
+    /// addresses, so `CLUSTER SLOTS` / `CLUSTER SHARDS` / `CLUSTER NODES` and `MOVED` / `ASK`
+    /// redirections only ever name proxies. See [`Emulator::cluster_addrs`].
+    pub fn cluster(mut self, primaries: usize) -> Self {
+        self.cluster = primaries;
+        self
+    }
+
     /// Lifetime of every access token issued (default 1 h; rounded up to whole seconds, ≥ 1 s).
     pub fn token_lifetime(mut self, lifetime: Duration) -> Self {
         self.token_lifetime = lifetime;
@@ -246,6 +258,8 @@ pub struct Emulator {
     faults: Faults,
     tasks: Vec<JoinHandle<()>>,
     _redis: Option<proxy::RedisServer>,
+    cluster_addrs: Vec<SocketAddr>,
+    _cluster: Vec<cluster::Node>,
 }
 
 impl std::fmt::Debug for Emulator {
@@ -388,7 +402,7 @@ impl Emulator {
         let (redis, redis_addr, redis_tls_addr) = if b.redis {
             let server = proxy::start_redis_server(&b.redis_server).await?;
             let state = Arc::new(proxy::ProxyState {
-                key,
+                key: key.clone(),
                 backend: server.addr,
                 counters: counters.clone(),
             });
@@ -405,6 +419,39 @@ impl Emulator {
         } else {
             (None, None, None)
         };
+
+        let mut cluster_addrs = Vec::new();
+        let mut cluster_nodes = Vec::new();
+        if b.cluster > 0 {
+            if !b.redis {
+                return Err(Error::Config(
+                    "cluster mode needs redis (do not combine cluster() with without_redis())"
+                        .into(),
+                ));
+            }
+            if b.cluster > 16 {
+                return Err(Error::Config(format!(
+                    "cluster({}) asks for more than 16 primaries",
+                    b.cluster
+                )));
+            }
+            let mut listeners = Vec::new();
+            for _ in 0..b.cluster {
+                let l = bind(0).await?;
+                cluster_addrs.push(l.local_addr()?);
+                listeners.push(l);
+            }
+            let ports: Vec<u16> = cluster_addrs.iter().map(SocketAddr::port).collect();
+            cluster_nodes = cluster::start_nodes(&b.redis_server, &work_dir, &ports).await?;
+            for (listener, node) in listeners.into_iter().zip(&cluster_nodes) {
+                let state = Arc::new(proxy::ProxyState {
+                    key: key.clone(),
+                    backend: node.server.addr,
+                    counters: counters.clone(),
+                });
+                tasks.push(tokio::spawn(proxy::serve(listener, None, state)));
+            }
+        }
 
         let emulator = Self {
             http_addr,
@@ -424,6 +471,8 @@ impl Emulator {
             faults,
             tasks,
             _redis: redis,
+            cluster_addrs,
+            _cluster: cluster_nodes,
         };
         emulator.rotate_federated_token()?;
         tracing::info!(http = %http_addr, https = %https_addr, redis = ?redis_addr, "emulator started");
@@ -539,6 +588,13 @@ impl Emulator {
             })
     }
 
+    /// The proxies in front of the cluster nodes (empty unless
+    /// [`EmulatorBuilder::cluster`] was set); any one of them is a valid seed for a cluster
+    /// client.
+    pub fn cluster_addrs(&self) -> &[SocketAddr] {
+        &self.cluster_addrs
+    }
+
     /// The environment a client needs, as `(name, value)` pairs.
     pub fn env(&self) -> Vec<(String, String)> {
         let ids = &self.http.identities;
@@ -564,6 +620,10 @@ impl Emulator {
         }
         if let Some(addr) = self.redis_tls_addr {
             env.push(("REDIS_TLS_ENDPOINT", addr.to_string()));
+        }
+        if !self.cluster_addrs.is_empty() {
+            let list: Vec<String> = self.cluster_addrs.iter().map(|a| a.to_string()).collect();
+            env.push(("REDIS_CLUSTER_ENDPOINTS", list.join(",")));
         }
         env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     }

@@ -59,13 +59,21 @@ fn find_in_path(bin: &Path) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn free_port() -> Result<u16, Error> {
+pub(crate) fn free_port() -> Result<u16, Error> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }
 
 /// Starts `redis-server` without persistence on a free loopback port and waits until it answers.
 pub(crate) async fn start_redis_server(bin: &Path) -> Result<RedisServer, Error> {
+    start_redis_server_with(bin, |_| Vec::new()).await
+}
+
+/// Like [`start_redis_server`], with extra arguments chosen once the port is known.
+pub(crate) async fn start_redis_server_with(
+    bin: &Path,
+    extra: impl Fn(u16) -> Vec<String>,
+) -> Result<RedisServer, Error> {
     let Some(path) = find_in_path(bin) else {
         return Err(Error::RedisServerMissing(bin.display().to_string()));
     };
@@ -83,6 +91,7 @@ pub(crate) async fn start_redis_server(bin: &Path) -> Result<RedisServer, Error>
                 "--loglevel",
                 "warning",
             ])
+            .args(extra(port))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
