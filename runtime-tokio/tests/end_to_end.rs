@@ -224,6 +224,41 @@ async fn resp2_subscriber(
     (published, seen.len() as u64, received, sub.swaps())
 }
 
+/// Spreads keys over every slot range; returns how many distinct nodes (proxies) served them
+async fn cluster(emu: &Emulator, provider: &Provider, tally: Arc<Tally>) -> usize {
+    let seeds: Vec<String> = emu
+        .cluster_addrs()
+        .iter()
+        .map(|a| format!("redis://{a}"))
+        .collect();
+    let client = redis::cluster::ClusterClientBuilder::new(seeds)
+        .set_credentials_provider(provider.clone())
+        .response_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let mut con = client.get_async_connection().await.unwrap();
+    let end = Instant::now() + RUN;
+    let mut i = 0u64;
+    while Instant::now() < end {
+        let r: redis::RedisResult<i64> = con.incr(format!("cluster{}", i % 64), 1).await;
+        tally.record("cluster", r);
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Which node owns each key, as the cluster reports it: only proxies, all three.
+    let mut nodes = std::collections::BTreeSet::new();
+    for k in 0..64 {
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(format!("cluster{k}"))
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        nodes.insert(slot * 3 / 16_384);
+    }
+    nodes.len()
+}
+
 async fn fred_client(emu: &Emulator, provider: &Provider, tally: Arc<Tally>) {
     use fred::interfaces::{ClientLike, KeysInterface};
     let mut config = fred::types::config::Config::from_url(&url(emu, false)).unwrap();
@@ -250,6 +285,7 @@ async fn fred_client(emu: &Emulator, provider: &Provider, tally: Arc<Tally>) {
 async fn run_everything(faults: bool) {
     let emu = Emulator::builder()
         .token_lifetime(Duration::from_secs(6))
+        .cluster(3)
         .start()
         .await
         .unwrap();
@@ -305,7 +341,7 @@ async fn run_everything(faults: bool) {
     }
     let label = if faults { "with faults" } else { "no faults" };
     let t = |_: ()| Arc::new(Tally::default());
-    let (mux, man, r3, r2, fr) = (t(()), t(()), t(()), t(()), t(()));
+    let (mux, man, r3, r2, fr, cl) = (t(()), t(()), t(()), t(()), t(()), t(()));
     let started = Instant::now();
     let all = async {
         tokio::join!(
@@ -314,9 +350,10 @@ async fn run_everything(faults: bool) {
             resp3_pubsub(&emu, &provider, Arc::clone(&r3)),
             resp2_subscriber(&emu, &provider, Arc::clone(&r2)),
             fred_client(&emu, &provider, Arc::clone(&fr)),
+            cluster(&emu, &provider, Arc::clone(&cl)),
         )
     };
-    let ((), (), (p3, s3), (p2, s2, received2, swaps), ()) =
+    let ((), (), (p3, s3), (p2, s2, received2, swaps), (), cluster_nodes) =
         tokio::time::timeout(RUN + Duration::from_secs(60), all)
             .await
             .expect("the scenarios did not finish");
@@ -335,6 +372,7 @@ async fn run_everything(faults: bool) {
     failed += report(&format!("[{label}] resp2 subscriber publisher"), 1, &r2);
     eprintln!("[{label}] resp2 subscriber: {p2} published, {s2} distinct received, {received2} received in all, {swaps} swaps");
     failed += report(&format!("[{label}] fred"), 1, &fr);
+    failed += report(&format!("[{label}] cluster"), cluster_nodes, &cl);
     counting.abort();
     printing.abort();
     assert_eq!(failed, 0, "failed commands");
@@ -344,6 +382,10 @@ async fn run_everything(faults: bool) {
     );
     assert_eq!(s3, p3, "RESP3 subscriber lost messages");
     assert_eq!(s2, p2, "RESP2 subscriber lost messages");
+    assert_eq!(
+        cluster_nodes, 3,
+        "the cluster keys did not cover every node"
+    );
     assert!(swaps >= 5, "RESP2 subscriber swapped only {swaps} times");
     assert!(rotations >= 8, "only {rotations} rotations in {elapsed:?}");
     if faults {
