@@ -29,6 +29,20 @@ struct Tally {
     failed: AtomicU64,
 }
 
+/// A command that hangs for 10 s counts as failed (and names its scenario) instead of
+/// stalling the whole test
+async fn guarded<T>(
+    f: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
+    match tokio::time::timeout(Duration::from_secs(10), f).await {
+        Ok(r) => r,
+        Err(_) => Err(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "hung for 10 s",
+        ))),
+    }
+}
+
 impl Tally {
     fn record<T>(&self, what: &str, r: redis::RedisResult<T>) {
         match r {
@@ -126,7 +140,7 @@ async fn multiplexed(emu: &Emulator, provider: &Provider, tally: Arc<Tally>) {
             // Spread the connections' commands over each second.
             tokio::time::sleep(Duration::from_millis((i % 1000) as u64)).await;
             while Instant::now() < end {
-                let r: redis::RedisResult<i64> = con.incr("mux", 1).await;
+                let r: redis::RedisResult<i64> = guarded(con.incr("mux", 1)).await;
                 tally.record("multiplexed", r);
                 tokio::time::sleep(Duration::from_millis(1000)).await;
             }
@@ -147,7 +161,7 @@ async fn manager(emu: &Emulator, provider: &Provider, tally: Arc<Tally>) {
         .unwrap();
     let end = Instant::now() + RUN;
     while Instant::now() < end {
-        let r: redis::RedisResult<i64> = con.incr("manager", 1).await;
+        let r: redis::RedisResult<i64> = guarded(con.incr("manager", 1)).await;
         tally.record("connection manager", r);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -166,7 +180,7 @@ async fn publish(emu: &Emulator, provider: &Provider, channel: &str, tally: Arc<
     let end = Instant::now() + RUN;
     let mut n = 0u64;
     while Instant::now() < end {
-        let r: redis::RedisResult<i64> = con.publish(channel, n).await;
+        let r: redis::RedisResult<i64> = guarded(con.publish(channel, n)).await;
         tally.record("publisher", r);
         n += 1;
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -240,7 +254,7 @@ async fn cluster(emu: &Emulator, provider: &Provider, tally: Arc<Tally>) -> usiz
     let end = Instant::now() + RUN;
     let mut i = 0u64;
     while Instant::now() < end {
-        let r: redis::RedisResult<i64> = con.incr(format!("cluster{}", i % 64), 1).await;
+        let r: redis::RedisResult<i64> = guarded(con.incr(format!("cluster{}", i % 64), 1)).await;
         tally.record("cluster", r);
         i += 1;
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -269,7 +283,14 @@ async fn fred_client(emu: &Emulator, provider: &Provider, tally: Arc<Tally>) {
     client.init().await.unwrap();
     let end = Instant::now() + RUN;
     while Instant::now() < end {
-        let r: Result<i64, fred::error::Error> = client.incr("fred").await;
+        let r: Result<i64, fred::error::Error> =
+            match tokio::time::timeout(Duration::from_secs(10), client.incr("fred")).await {
+                Ok(r) => r,
+                Err(_) => Err(fred::error::Error::new(
+                    fred::error::ErrorKind::Timeout,
+                    "hung for 10 s",
+                )),
+            };
         if let Err(e) = &r {
             eprintln!("fred: {e}");
         }
@@ -280,6 +301,15 @@ async fn fred_client(emu: &Emulator, provider: &Provider, tally: Arc<Tally>) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = client.quit().await;
+}
+
+async fn done<T>(name: &str, f: impl std::future::Future<Output = T>) -> T {
+    let started = Instant::now();
+    let out = f.await;
+    if std::env::var_os("E2E_EVENTS").is_some() {
+        eprintln!("{name} finished after {:?}", started.elapsed());
+    }
+    out
 }
 
 async fn run_everything(faults: bool) {
@@ -345,12 +375,15 @@ async fn run_everything(faults: bool) {
     let started = Instant::now();
     let all = async {
         tokio::join!(
-            multiplexed(&emu, &provider, Arc::clone(&mux)),
-            manager(&emu, &provider, Arc::clone(&man)),
-            resp3_pubsub(&emu, &provider, Arc::clone(&r3)),
-            resp2_subscriber(&emu, &provider, Arc::clone(&r2)),
-            fred_client(&emu, &provider, Arc::clone(&fr)),
-            cluster(&emu, &provider, Arc::clone(&cl)),
+            done(
+                "multiplexed",
+                multiplexed(&emu, &provider, Arc::clone(&mux))
+            ),
+            done("manager", manager(&emu, &provider, Arc::clone(&man))),
+            done("resp3", resp3_pubsub(&emu, &provider, Arc::clone(&r3))),
+            done("resp2", resp2_subscriber(&emu, &provider, Arc::clone(&r2))),
+            done("fred", fred_client(&emu, &provider, Arc::clone(&fr))),
+            done("cluster", cluster(&emu, &provider, Arc::clone(&cl))),
         )
     };
     let ((), (), (p3, s3), (p2, s2, received2, swaps), (), cluster_nodes) =
