@@ -6,13 +6,22 @@
 //! with the answer on every connection of the client.
 //!
 //! fred reads the interval once, when the client connects, so it cannot follow each token's
-//! own refresh point. [`FredCredentials`] derives it from the machine's schedule instead: the
-//! machine fetches a new token no later than `lower_bound` before the old one expires, so
-//! polling every `lower_bound / 3` (clamped to 100 ms ..= 60 s, or set explicitly) hands every
-//! new generation to fred at least twice before the previous token runs out. Between
-//! rotations fred re-sends the current credentials, which Redis accepts; `fetch(None)` is a
-//! pointer copy and never waits for the identity endpoint. The username is always the
-//! token's `oid` (never fred's "default" fallback).
+//! own refresh point. [`FredCredentials`] follows the machine's schedule instead:
+//! - fred polls every `lower_bound / 3` (clamped to 100 ms ..= 60 s, or set explicitly): the
+//!   machine plans each new token at least `lower_bound` before the old one expires, so every
+//!   new generation is seen by every client of a pool at least twice before the previous
+//!   token runs out;
+//! - `fetch(None)` answers with credentials only while the latest token is fresh (it arrived
+//!   less than 2.5 polls ago) and with `(None, None)` otherwise, which makes fred skip the
+//!   `AUTH`: each connection re-authenticates two or three times per rotation, not on every
+//!   poll for ever;
+//! - `fetch(Some(server))` (every connect and reconnect) always answers with the latest
+//!   credentials, waiting for the first token when none has arrived yet.
+//!
+//! `fetch` is a pointer copy and never waits for the identity endpoint. The username is always
+//! the token's `oid` (never fred's "default" fallback). Gap: fred logs a failed refresh `AUTH`
+//! and tries again at the next poll (while the token is fresh); it gives the provider no
+//! signal, so such failures are not reported as events.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -97,14 +106,26 @@ impl FredCredentials {
 impl CredentialProvider for FredCredentials {
     fn fetch<'a, 'b, 'f>(
         &'a self,
-        _server: Option<&'b Server>,
+        server: Option<&'b Server>,
     ) -> Pin<Box<dyn Future<Output = Result<(Option<String>, Option<String>), Error>> + Send + 'f>>
     where
         'a: 'f,
         'b: 'f,
         Self: 'f,
     {
-        Box::pin(self.credentials())
+        let refresh_poll = server.is_none();
+        Box::pin(async move {
+            if refresh_poll {
+                let fresh = self
+                    .provider
+                    .credentials_age()
+                    .is_some_and(|age| age < self.interval().mul_f64(2.5));
+                if !fresh {
+                    return Ok((None, None));
+                }
+            }
+            self.credentials().await
+        })
     }
 
     fn refresh_interval(&self) -> Option<Duration> {

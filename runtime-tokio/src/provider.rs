@@ -66,6 +66,8 @@ pub enum StartupError {
 #[derive(Clone, Debug)]
 pub(crate) struct Snapshot {
     pub(crate) latest: Option<(Generation, Credentials)>,
+    /// When `latest` arrived (the driver's clock)
+    pub(crate) received: Option<Instant>,
     pub(crate) status: Status,
     pub(crate) last_error: Option<FetchError>,
     pub(crate) failures_before_first_token: u32,
@@ -140,6 +142,7 @@ impl ProviderBuilder {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| StartupError::NoRuntime)?;
         let (state_tx, state_rx) = watch::channel(Snapshot {
             latest: None,
+            received: None,
             status: Status::Starting { failures: 0 },
             last_error: None,
             failures_before_first_token: 0,
@@ -270,6 +273,15 @@ impl Provider {
             .latest
             .as_ref()
             .map(|(_, c)| c.clone())
+    }
+
+    /// How long ago the latest credentials arrived
+    pub fn credentials_age(&self) -> Option<Duration> {
+        self.inner
+            .state
+            .borrow()
+            .received
+            .map(|at| now().saturating_duration_since(at))
     }
 
     /// The latest credentials and their generation
@@ -531,6 +543,7 @@ impl Driver {
                     let status = self.machine.status();
                     self.state.send_modify(|s| {
                         s.latest = Some((generation, credentials));
+                        s.received = Some(now());
                         s.last_error = None;
                         s.status = status;
                     });
