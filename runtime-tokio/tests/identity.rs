@@ -27,7 +27,13 @@ fn chain(emu: &Emulator, keep: &[&str]) -> Flow {
 async fn every_local_flow_fetches_through_a_dead_proxy_and_https_honours_ssl_cert_file() {
     let emu = Emulator::builder().without_redis().start().await.unwrap();
     // A proxy that does not exist: local identity endpoints must never go through it.
-    for var in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"] {
+    for var in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+    ] {
         std::env::set_var(var, "http://127.0.0.1:9");
     }
     std::env::remove_var("NO_PROXY");
