@@ -78,7 +78,12 @@ async fn form(nodes: &[Node]) -> Result<(), Error> {
         let last = SLOTS * (i + 1) / n - 1;
         expect_ok(
             node.server.addr,
-            &["CLUSTER", "ADDSLOTSRANGE", &first.to_string(), &last.to_string()],
+            &[
+                "CLUSTER",
+                "ADDSLOTSRANGE",
+                &first.to_string(),
+                &last.to_string(),
+            ],
         )
         .await?;
     }

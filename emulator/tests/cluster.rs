@@ -32,7 +32,9 @@ fn cluster_topology_and_redirections_name_only_the_proxies() {
     // Unauthenticated connections are refused like any other proxy connection.
     let client = redis::Client::open(format!("redis://{}/", emu.cluster_addrs()[0])).unwrap();
     let mut anon = client.get_connection().unwrap();
-    let err = redis::cmd("CLUSTER").arg("SLOTS").query::<redis::Value>(&mut anon);
+    let err = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query::<redis::Value>(&mut anon);
     assert!(err.is_err());
 
     let mut con = authed(&emu, emu.cluster_addrs()[0]);
@@ -42,10 +44,14 @@ fn cluster_topology_and_redirections_name_only_the_proxies() {
         .unwrap()
         .into_iter()
         .map(|v| {
-            let redis::Value::Array(items) = v else { panic!("{v:?}") };
+            let redis::Value::Array(items) = v else {
+                panic!("{v:?}")
+            };
             let start: i64 = redis::from_redis_value(items[0].clone()).unwrap();
             let end: i64 = redis::from_redis_value(items[1].clone()).unwrap();
-            let redis::Value::Array(node) = items[2].clone() else { panic!() };
+            let redis::Value::Array(node) = items[2].clone() else {
+                panic!()
+            };
             let host: String = redis::from_redis_value(node[0].clone()).unwrap();
             let port: i64 = redis::from_redis_value(node[1].clone()).unwrap();
             (start, end, (host, port))
@@ -63,13 +69,20 @@ fn cluster_topology_and_redirections_name_only_the_proxies() {
     }
     let shards: redis::Value = redis::cmd("CLUSTER").arg("SHARDS").query(&mut con).unwrap();
     for port in &proxies {
-        assert!(format!("{shards:?}").contains(&format!("int({port})")), "{shards:?}");
+        assert!(
+            format!("{shards:?}").contains(&format!("int({port})")),
+            "{shards:?}"
+        );
     }
 
     // A key owned by another node answers MOVED with that node's proxy.
     let mut moved = 0;
     for i in 0..50 {
-        match redis::cmd("SET").arg(format!("k{i}")).arg(1).query::<()>(&mut con) {
+        match redis::cmd("SET")
+            .arg(format!("k{i}"))
+            .arg(1)
+            .query::<()>(&mut con)
+        {
             Ok(()) => {}
             Err(e) => {
                 assert_eq!(e.code(), Some("MOVED"), "{e}");
