@@ -95,3 +95,54 @@ async fn every_local_flow_fetches_through_a_dead_proxy_and_https_honours_ssl_cer
     assert!(emu.counters().imds_requests >= 1);
     assert!(emu.counters().app_service_requests >= 1);
 }
+
+/// A user-supplied client: records how each request must be sent, delegates to reqwest
+#[derive(Clone)]
+struct Recording {
+    inner: ReqwestClient,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, bool, bool, Duration)>>>,
+}
+
+impl redis_entraid_tokio::AsyncHttpClient for Recording {
+    async fn send(
+        &self,
+        request: http::Request<Vec<u8>>,
+        meta: &redis_entraid_core::identity::RequestMeta,
+        timeout: Duration,
+    ) -> Result<http::Response<Vec<u8>>, redis_entraid_core::error::TransportError> {
+        self.seen.lock().unwrap().push((
+            request.uri().path().to_owned(),
+            meta.local_endpoint,
+            meta.probe,
+            timeout,
+        ));
+        self.inner.send(request, meta, timeout).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_supplied_client_gets_every_request_with_its_rules_and_timeout() {
+    let emu = Emulator::builder().without_redis().start().await.unwrap();
+    let client = Recording {
+        inner: ReqwestClient::builder()
+            .ignore_ssl_cert_file()
+            .build()
+            .unwrap(),
+        seen: Default::default(),
+    };
+    let imds = Identity::with_client(
+        chain(&emu, &["AZURE_POD_IDENTITY_AUTHORITY_HOST"]),
+        client.clone(),
+    );
+    imds.fetch(Duration::from_secs(4)).await.unwrap();
+    let seen = client.seen.lock().unwrap().clone();
+    // A pod-identity host is not probed: one token request, local (no proxy), within the
+    // fetch's deadline.
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let (path, local, probe, timeout) = &seen[0];
+    assert!(
+        path.contains("/metadata/identity") && *local && !*probe,
+        "{seen:?}"
+    );
+    assert!(*timeout <= Duration::from_secs(4) && *timeout > Duration::from_secs(3));
+}
