@@ -96,11 +96,14 @@ async fn every_local_flow_fetches_through_a_dead_proxy_and_https_honours_ssl_cer
     assert!(emu.counters().app_service_requests >= 1);
 }
 
+/// What the recording client saw: path, local endpoint, probe, timeout
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, bool, bool, Duration)>>>;
+
 /// A user-supplied client: records how each request must be sent, delegates to reqwest
 #[derive(Clone)]
 struct Recording {
     inner: ReqwestClient,
-    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, bool, bool, Duration)>>>,
+    seen: Seen,
 }
 
 impl redis_entraid_tokio::AsyncHttpClient for Recording {
