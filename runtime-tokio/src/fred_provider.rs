@@ -7,14 +7,14 @@
 //!
 //! fred reads the interval once, when the client connects, so it cannot follow each token's
 //! own refresh point. [`FredCredentials`] follows the machine's schedule instead:
-//! - fred polls every `lower_bound / 3` (clamped to 100 ms ..= 60 s, or set explicitly): the
-//!   machine plans each new token at least `lower_bound` before the old one expires, so every
-//!   new generation is seen by every client of a pool at least twice before the previous
-//!   token runs out;
+//! - fred polls often, every `lower_bound / 20` (clamped to 50 ms ..= 1 s, or set
+//!   explicitly): a poll is a pointer copy, never a network call, so a new token reaches fred's
+//!   connections within one interval of its arrival, even when identity faults delayed it to
+//!   just before the old token's expiry;
 //! - `fetch(None)` answers with credentials only while the latest token is fresh (it arrived
-//!   less than 2.5 polls ago) and with `(None, None)` otherwise, which makes fred skip the
+//!   less than 2.5 intervals ago) and with `(None, None)` otherwise, which makes fred skip the
 //!   `AUTH`: each connection re-authenticates two or three times per rotation, not on every
-//!   poll for ever;
+//!   poll;
 //! - `fetch(Some(server))` (every connect and reconnect) always answers with the latest
 //!   credentials, waiting for the first token when none has arrived yet.
 //!
@@ -54,8 +54,8 @@ pub struct FredCredentials {
 }
 
 impl FredCredentials {
-    /// Credentials from `provider`, refreshed on fred's connections every
-    /// `lower_bound / 3` of the provider's refresh policy
+    /// Credentials from `provider`; fred polls every `lower_bound / 20` of the provider's
+    /// refresh policy (50 ms ..= 1 s)
     pub fn new(provider: Provider) -> Self {
         Self {
             provider,
@@ -64,8 +64,8 @@ impl FredCredentials {
         }
     }
 
-    /// Sets fred's refresh interval explicitly (keep it well below the refresh policy's
-    /// lower bound)
+    /// Sets fred's poll interval explicitly; a new token reaches fred's connections up to one
+    /// interval after it arrives, so keep it well below the refresh policy's lower bound
     pub fn with_refresh_interval(mut self, interval: Duration) -> Self {
         self.interval = Some(interval);
         self
@@ -80,8 +80,8 @@ impl FredCredentials {
     /// The interval fred re-sends credentials at
     pub fn interval(&self) -> Duration {
         self.interval.unwrap_or_else(|| {
-            (self.provider.config().refresh().lower_bound() / 3)
-                .clamp(Duration::from_millis(100), Duration::from_secs(60))
+            (self.provider.config().refresh().lower_bound() / 20)
+                .clamp(Duration::from_millis(50), Duration::from_secs(1))
         })
     }
 
