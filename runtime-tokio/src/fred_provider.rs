@@ -12,9 +12,11 @@
 //!   connections within one interval of its arrival, even when identity faults delayed it to
 //!   just before the old token's expiry;
 //! - `fetch(None)` answers with credentials only while the latest token is fresh (it arrived
-//!   less than 2.5 intervals ago) and with `(None, None)` otherwise, which makes fred skip the
-//!   `AUTH`: each connection re-authenticates two or three times per rotation, not on every
-//!   poll;
+//!   less than `max(5 intervals, 1 s)` ago) and with `(None, None)` otherwise, which makes fred
+//!   skip the `AUTH`: each connection re-authenticates a handful of times per rotation (5 to
+//!   20), not on every poll, and a refresh task that the scheduler delays by up to a second
+//!   (a busy runtime re-authenticating thousands of connections at the same instant) still
+//!   sees every new token;
 //! - `fetch(Some(server))` (every connect and reconnect) always answers with the latest
 //!   credentials, waiting for the first token when none has arrived yet.
 //!
@@ -85,6 +87,11 @@ impl FredCredentials {
         })
     }
 
+    /// How long after its arrival `fetch(None)` keeps handing a new token to fred
+    fn fresh_window(&self) -> Duration {
+        (self.interval() * 5).max(Duration::from_secs(1))
+    }
+
     async fn credentials(&self) -> Result<(Option<String>, Option<String>), Error> {
         let current = match self.provider.current() {
             Some(current) => Some(current),
@@ -119,7 +126,7 @@ impl CredentialProvider for FredCredentials {
                 let fresh = self
                     .provider
                     .credentials_age()
-                    .is_some_and(|age| age < self.interval().mul_f64(2.5));
+                    .is_some_and(|age| age < self.fresh_window());
                 if !fresh {
                     return Ok((None, None));
                 }
