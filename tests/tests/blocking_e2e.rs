@@ -370,3 +370,79 @@ fn identity_endpoint_down_at_startup_follows_the_startup_policy() {
     assert_eq!(credentials.username(), emu.default_oid());
     assert_eq!(emu.counters().faults_served, 3);
 }
+
+#[test]
+fn wrongpass_from_redis_fetches_a_fresh_token_and_the_command_succeeds() {
+    use redis_entraid_core::event::Generation;
+    use redis_entraid_core::token::{AccessToken, TokenResponse};
+    use redis_entraid_emulator::TokenSpec;
+
+    let (emu, pem) = start_emulator("wrongpass");
+    let _ = std::fs::remove_file(pem);
+    // A token signed by another key: well-formed, but the proxy answers WRONGPASS.
+    let stranger =
+        Emulator::start_blocking(Emulator::builder().fresh_signing_key().without_redis()).unwrap();
+    let oid = emu.default_oid().to_owned();
+    // Each later token lives longer, so the provider takes each as newer.
+    let spec = |hours: u64| TokenSpec::for_oid(&oid).lifetime(Duration::from_secs(hours * 3600));
+    let tokens = [
+        emu.mint_token(&spec(1)),
+        stranger.mint_token(&spec(2)),
+        emu.mint_token(&spec(3)),
+    ];
+    let calls = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&calls);
+    let fetcher = move |_timeout: Duration| {
+        let n = counter.fetch_add(1, Ordering::SeqCst) as usize;
+        // No expires_in: the lifetime comes from each token's exp claim.
+        Ok(TokenResponse::new(AccessToken::new(
+            tokens[n.min(tokens.len() - 1)].clone(),
+        )))
+    };
+    let provider = Provider::builder()
+        .config(e2e_config())
+        .build_with_fetcher(fetcher)
+        .unwrap();
+    let events = provider.events();
+    let client = EntraClient::new(
+        redis::Client::open(redis_url(&emu)).unwrap(),
+        provider.clone(),
+    );
+    let mut conn = client.get_connection().unwrap();
+    redis::cmd("SET")
+        .arg("k")
+        .arg("1")
+        .query::<()>(&mut conn)
+        .unwrap();
+
+    // The next token is one Redis will reject.
+    thread::sleep(Duration::from_millis(600));
+    provider.refresh_now();
+    let (generation, _) = provider
+        .wait_newer(Some(Generation(1)), Duration::from_secs(5))
+        .unwrap();
+    assert!(generation.0 >= 2);
+
+    // Whichever comes first, the idle re-authenticator or this command, meets WRONGPASS,
+    // reports it, waits for the fresh token and AUTHs again: the command still succeeds.
+    let started = Instant::now();
+    let value: String = redis::cmd("GET")
+        .arg("k")
+        .query(&mut conn)
+        .expect("recovered after one re-AUTH");
+    assert_eq!(value, "1");
+    println!("recovered from WRONGPASS in {:?}", started.elapsed());
+    assert_eq!(
+        conn.generation(),
+        Some(Generation(3)),
+        "re-authenticated with the fresh token"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert!(
+        events
+            .try_iter()
+            .any(|e| matches!(e, Event::ReauthFailed { .. })),
+        "the failure is reported, never silent"
+    );
+    assert!(emu.counters().redis_auth_failed >= 1);
+}
