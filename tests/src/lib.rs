@@ -27,13 +27,14 @@ pub const TOKEN_LIFETIME: Duration = Duration::from_secs(6);
 /// How long each end-to-end scenario runs
 pub const SCENARIO_DURATION: Duration = Duration::from_secs(42);
 
-/// Settings for six-second tokens: refresh at 60 % of the lifetime but at least 2 s before
-/// expiry, quick retries, requests cut at 2 s
+/// Settings for six-second tokens: refresh at half the lifetime (at least 2 s before expiry),
+/// quick retries, requests cut at 1.5 s, so a request that hangs and its retry both fit in the
+/// 3 s left before expiry
 pub fn e2e_config() -> Config {
     Config::builder()
         .refresh(
             RefreshPolicy::builder()
-                .ratio(0.6)
+                .ratio(0.5)
                 .lower_bound(Duration::from_secs(2))
                 .min_interval(Duration::from_millis(500))
                 .jitter(0.05)
@@ -47,7 +48,7 @@ pub fn e2e_config() -> Config {
                 .build()
                 .expect("valid retry policy"),
         )
-        .request_timeout(Duration::from_secs(2))
+        .request_timeout(Duration::from_millis(1500))
         .build()
         .expect("valid config")
 }

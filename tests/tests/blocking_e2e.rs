@@ -226,7 +226,9 @@ fn identity_faults_that_clear_before_expiry_cost_no_command() {
             let kinds = [
                 Fault::status(500).times(2),
                 Fault::too_many_requests(1),
-                Fault::delay(Duration::from_millis(1200)),
+                Fault::delay(Duration::from_millis(800)),
+                // Longer than the 1.5 s request timeout: the request is abandoned and retried.
+                Fault::delay(Duration::from_millis(2500)),
                 Fault::new(FaultKind::MalformedBody),
                 Fault::status(503).times(2),
                 Fault::new(FaultKind::CloseConnection),
