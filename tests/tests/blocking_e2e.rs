@@ -252,7 +252,7 @@ fn identity_faults_that_clear_before_expiry_cost_no_command() {
     stop.store(true, Ordering::Relaxed);
     injector.join().unwrap();
     check(
-        "blocking runtime, 6 s tokens, 42 s, identity faults every 1.5 s",
+        "blocking runtime, 6 s tokens, 42 s, identity faults every 1.5 s (500 x2, 429 + Retry-After 1 s, 0.8 s answer, 2.5 s hang past the timeout, malformed body, 503 x2, closed connection)",
         &emu,
         &reports,
     );
