@@ -92,7 +92,7 @@ async fn run_flow(
                         0
                     }
                 };
-                if w == 0 && i % 4 == 0 {
+                if w == 0 && i.is_multiple_of(4) {
                     match redis::cmd("PUBLISH")
                         .arg(&channel)
                         .arg(i)
