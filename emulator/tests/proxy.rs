@@ -402,9 +402,16 @@ fn malformed_resp_closes_only_that_connection() {
         );
     }
     // A deep nesting bomb is refused without reaching the decoder.
+    // The proxy may refuse and close before all 800 KB are written, so a broken pipe or a reset
+    // is an acceptable end of the write and of the read; what must not happen is a reply other
+    // than the protocol error, or harm to other connections.
     let mut bomb = Raw::connect(addr);
-    bomb.send_raw(&b"*1\r\n".repeat(200_000));
-    assert!(bomb.read_text().starts_with("-ERR Protocol error"));
+    let _ = std::io::Write::write_all(&mut bomb.stream, &b"*1\r\n".repeat(200_000));
+    let mut first = [0u8; 64];
+    if let Ok(n @ 1..) = std::io::Read::read(&mut bomb.stream, &mut first) {
+        let reply = String::from_utf8_lossy(&first[..n]);
+        assert!(reply.starts_with("-ERR Protocol error"), "{reply:?}");
+    }
     assert_eq!(good.call(&["PING"]), "+PONG\r\n");
 }
 

@@ -7,11 +7,15 @@
 //!
 //! [`TokenManager`]: redis_entraid_core::machine::TokenManager
 
+mod fetcher;
+mod http;
+mod identity;
 mod provider;
 #[cfg(feature = "redis")]
 pub mod redis_sync;
-mod source;
 mod watch;
 
+pub use fetcher::Fetcher;
+pub use http::HttpConfig;
+pub use identity::IdentityFetcher;
 pub use provider::{Provider, ProviderBuilder, Startup, StartupError, Subscription};
-pub use source::TokenSource;

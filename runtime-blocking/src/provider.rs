@@ -1,5 +1,6 @@
 //! The provider: one driver thread running the core's machine, and cheap cloneable handles
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -10,10 +11,14 @@ use std::time::{Duration, Instant, SystemTime};
 use redis_entraid_core::config::Config;
 use redis_entraid_core::error::{FetchError, ReauthError, TransportError};
 use redis_entraid_core::event::{Action, Event, Generation, RequestId, Status};
+use redis_entraid_core::identity::chain::DefaultChain;
+use redis_entraid_core::identity::TokenSource;
 use redis_entraid_core::machine::TokenManager;
 use redis_entraid_core::token::{Credentials, TokenResponse};
 
-use crate::source::TokenSource;
+use crate::fetcher::Fetcher;
+use crate::http::HttpConfig;
+use crate::identity::IdentityFetcher;
 use crate::watch::Shared;
 
 /// What `build` waits for before it returns
@@ -53,6 +58,9 @@ pub enum StartupError {
     /// The driver thread could not be started
     #[error("could not start the redis-entraid driver thread: {0}")]
     Spawn(#[source] std::io::Error),
+    /// The HTTP client could not be set up (an unreadable CA file, `SSL_CERT_FILE` included)
+    #[error("could not set up HTTP for identity requests: {0}")]
+    Http(TransportError),
 }
 
 enum Command {
@@ -75,6 +83,7 @@ pub struct ProviderBuilder {
     config: Config,
     startup: Startup,
     event_capacity: Option<usize>,
+    http: HttpConfig,
 }
 
 impl ProviderBuilder {
@@ -97,12 +106,53 @@ impl ProviderBuilder {
         self
     }
 
-    /// Starts the driver thread and applies the startup policy
+    /// TLS settings for identity requests (extra root CAs; `SSL_CERT_FILE` is honoured anyway)
+    pub fn http(mut self, http: HttpConfig) -> Self {
+        self.http = http;
+        self
+    }
+
+    /// Starts a provider that gets its tokens through `source`, any Entra ID identity flow
+    ///
+    /// ```no_run
+    /// use redis_entraid_blocking::Provider;
+    /// use redis_entraid_core::identity::imds::Imds;
+    /// use redis_entraid_core::identity::managed::{ManagedIdentity, ManagedIdentityId};
+    /// use redis_entraid_core::identity::TokenSource;
+    ///
+    /// let identity = ManagedIdentity::Imds(Imds::new(ManagedIdentityId::SystemAssigned));
+    /// let provider = Provider::builder().build(TokenSource::ManagedIdentity(identity))?;
+    /// let credentials = provider.credentials().expect("the default startup waits for a token");
+    /// println!("AUTH as {}", credentials.username());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`StartupError`] when the HTTP client cannot be set up, the thread cannot start, or the
+    /// startup policy is not met (the driver is then shut down).
+    pub fn build(self, source: TokenSource) -> Result<Provider, StartupError> {
+        let fetcher = IdentityFetcher::new(source, &self.http).map_err(StartupError::Http)?;
+        self.build_with_fetcher(fetcher)
+    }
+
+    /// Starts a provider on the default chain, configured from the process environment
+    /// (the variables Azure SDKs use: `AZURE_CLIENT_ID`, `AZURE_TENANT_ID`,
+    /// `AZURE_CLIENT_SECRET`, `AZURE_FEDERATED_TOKEN_FILE`, `IDENTITY_ENDPOINT`, ...)
+    ///
+    /// # Errors
+    /// As [`build`](Self::build); when no identity works, the error lists what each step of the
+    /// chain tried and why it failed.
+    pub fn build_from_env(self) -> Result<Provider, StartupError> {
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        self.build(TokenSource::DefaultChain(DefaultChain::from_env(&env)))
+    }
+
+    /// Starts the driver thread around any [`Fetcher`] and applies the startup policy
     ///
     /// # Errors
     /// [`StartupError`] when the thread cannot start, or when the startup policy is not met
     /// (the driver is then shut down).
-    pub fn build(self, source: impl TokenSource) -> Result<Provider, StartupError> {
+    pub fn build_with_fetcher(self, source: impl Fetcher) -> Result<Provider, StartupError> {
         let shared = Arc::new(Shared::new());
         let (tx, rx) = mpsc::channel();
         let driver = Driver {
@@ -201,6 +251,15 @@ impl Provider {
     /// A builder with the default configuration and startup policy
     pub fn builder() -> ProviderBuilder {
         ProviderBuilder::default()
+    }
+
+    /// The default chain from the environment, default settings, waiting up to 30 s for the
+    /// first token
+    ///
+    /// # Errors
+    /// As [`ProviderBuilder::build_from_env`].
+    pub fn from_env() -> Result<Provider, StartupError> {
+        Self::builder().build_from_env()
     }
 
     /// The latest credentials, if a token has arrived (check [`status`](Self::status) for
@@ -326,7 +385,7 @@ impl Subscription {
 
 struct Driver {
     machine: TokenManager,
-    source: Arc<dyn TokenSource>,
+    source: Arc<dyn Fetcher>,
     shared: Arc<Shared>,
     commands: Receiver<Command>,
     loopback: Sender<Command>,

@@ -32,7 +32,8 @@ impl Link {
         auth.arg("AUTH")
             .arg(credentials.username())
             .arg(credentials.password().expose_secret());
-        self.connection.req_command(&auth).map(drop)?;
+        // `query` turns an error reply (`-WRONGPASS`) into `Err`; `req_command` would not.
+        auth.query::<()>(&mut self.connection)?;
         self.generation = Some(generation);
         Ok(())
     }
@@ -107,6 +108,34 @@ impl Reauthenticator {
 fn is_auth_error(e: &RedisError) -> bool {
     matches!(e.kind(), ErrorKind::AuthenticationFailed)
         || e.code().is_some_and(|c| c == "WRONGPASS" || c == "NOAUTH")
+}
+
+/// An error reply that says the connection's credentials were refused (redis-rs hands error
+/// replies back as values; the caller's `query` turns them into errors later)
+fn auth_error_reply(value: &Value) -> Option<RedisError> {
+    match value {
+        Value::ServerError(e) if matches!(e.code(), "WRONGPASS" | "NOAUTH") => {
+            Some(e.clone().into())
+        }
+        _ => None,
+    }
+}
+
+/// Something a command returned that may be a refusal of the credentials
+trait Reply {
+    fn auth_error(&self) -> Option<RedisError>;
+}
+
+impl Reply for Value {
+    fn auth_error(&self) -> Option<RedisError> {
+        auth_error_reply(self)
+    }
+}
+
+impl Reply for Vec<Value> {
+    fn auth_error(&self) -> Option<RedisError> {
+        self.iter().find_map(auth_error_reply)
+    }
 }
 
 fn reauth_error(e: &RedisError) -> ReauthError {
@@ -233,35 +262,45 @@ impl EntraConnection {
         })
     }
 
-    /// After an auth rejection: ask for a fresh token, wait briefly for it, and AUTH again
-    fn recover(&mut self, rejected: &RedisError) -> RedisResult<()> {
-        let seen = self.generation();
-        if let Some(generation) = seen {
-            self.provider
-                .report_reauth(generation, Err(reauth_error(rejected)));
-        } else {
-            self.provider.refresh_now();
+    /// After Redis rejected generation `rejected`: make sure the provider knows (it fetches a
+    /// fresh token), wait briefly for a newer one, and AUTH again
+    fn recover(&mut self, rejected: Option<Generation>, error: &RedisError) -> RedisResult<()> {
+        match rejected {
+            Some(generation) => self
+                .provider
+                .report_reauth(generation, Err(reauth_error(error))),
+            None => self.provider.refresh_now(),
         }
         let (generation, credentials) = self
             .provider
-            .wait_newer(seen, FRESH_TOKEN_WAIT)
+            .wait_newer(rejected, FRESH_TOKEN_WAIT)
             .or_else(|| self.provider.current())
             .ok_or_else(no_credentials)?;
         self.lock().auth(generation, &credentials)
     }
 
-    fn with_retry<T>(
+    fn with_retry<T: Reply>(
         &mut self,
         mut f: impl FnMut(&mut redis::Connection) -> RedisResult<T>,
     ) -> RedisResult<T> {
-        self.ensure_fresh()?;
-        let first = f(&mut self.lock().connection);
+        let latest = self.provider.current().map(|(g, _)| g);
+        let first = self
+            .ensure_fresh()
+            .and_then(|()| f(&mut self.lock().connection))
+            .and_then(|reply| match reply.auth_error() {
+                Some(e) => Err(e),
+                None => Ok(reply),
+            });
         match first {
             Err(e) if is_auth_error(&e) => {
+                // Either the AUTH with the latest token failed, or the command met NOAUTH /
+                // WRONGPASS with the token the connection holds: the newer of the two was
+                // rejected.
+                let rejected = latest.max(self.generation());
                 tracing::warn!(
                     "Redis rejected the connection's credentials ({e}); re-authenticating once"
                 );
-                self.recover(&e)?;
+                self.recover(rejected, &e)?;
                 f(&mut self.lock().connection)
             }
             other => other,

@@ -69,7 +69,10 @@ fn counting_source(
 #[test]
 fn wait_startup_returns_with_the_first_token() {
     let (_, source) = counting_source(3600);
-    let provider = Provider::builder().config(fast()).build(source).unwrap();
+    let provider = Provider::builder()
+        .config(fast())
+        .build_with_fetcher(source)
+        .unwrap();
     let credentials = provider.credentials().unwrap();
     assert_eq!(credentials.username(), "oid-1");
     assert!(matches!(
@@ -95,7 +98,7 @@ fn fail_fast_startup_returns_the_first_error() {
     let err = Provider::builder()
         .config(fast())
         .startup(Startup::FailFast)
-        .build(source)
+        .build_with_fetcher(source)
         .unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, StartupError::FetchFailed(_)), "{err:?}");
@@ -116,7 +119,7 @@ fn wait_startup_times_out_with_the_last_error() {
     let err = Provider::builder()
         .config(fast())
         .startup(Startup::Wait(Duration::from_millis(300)))
-        .build(source)
+        .build_with_fetcher(source)
         .unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(3));
     match err {
@@ -138,7 +141,7 @@ fn lazy_startup_returns_at_once_and_the_token_follows() {
     let provider = Provider::builder()
         .config(fast())
         .startup(Startup::Lazy)
-        .build(source)
+        .build_with_fetcher(source)
         .unwrap();
     assert!(started.elapsed() < Duration::from_millis(150));
     assert!(provider.credentials().is_none());
@@ -152,7 +155,10 @@ fn lazy_startup_returns_at_once_and_the_token_follows() {
 #[test]
 fn short_tokens_rotate_and_every_generation_reaches_subscribers() {
     let (calls, source) = counting_source(1);
-    let provider = Provider::builder().config(fast()).build(source).unwrap();
+    let provider = Provider::builder()
+        .config(fast())
+        .build_with_fetcher(source)
+        .unwrap();
     let mut subscription = provider.subscribe();
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(4);
@@ -169,7 +175,10 @@ fn short_tokens_rotate_and_every_generation_reaches_subscribers() {
 #[test]
 fn refresh_now_fetches_a_new_token() {
     let (calls, source) = counting_source(3600);
-    let provider = Provider::builder().config(fast()).build(source).unwrap();
+    let provider = Provider::builder()
+        .config(fast())
+        .build_with_fetcher(source)
+        .unwrap();
     std::thread::sleep(Duration::from_millis(20));
     provider.refresh_now();
     let (generation, _) = provider
@@ -182,7 +191,10 @@ fn refresh_now_fetches_a_new_token() {
 #[test]
 fn wrongpass_report_fetches_a_fresh_token_and_reports_an_event() {
     let (_, source) = counting_source(3600);
-    let provider = Provider::builder().config(fast()).build(source).unwrap();
+    let provider = Provider::builder()
+        .config(fast())
+        .build_with_fetcher(source)
+        .unwrap();
     let events = provider.events();
     provider.report_reauth(
         Generation(1),
@@ -208,7 +220,7 @@ fn a_slow_event_subscriber_never_delays_refreshes() {
     let provider = Provider::builder()
         .config(fast())
         .event_capacity(1)
-        .build(source)
+        .build_with_fetcher(source)
         .unwrap();
     let _never_read = provider.events();
     let reached = provider.wait_newer(Some(Generation(3)), Duration::from_secs(5));
@@ -226,7 +238,10 @@ fn a_hanging_source_is_timed_out_and_shutdown_stays_prompt() {
         }
         Ok(token(2, 3600))
     };
-    let provider = Provider::builder().config(fast()).build(source).unwrap();
+    let provider = Provider::builder()
+        .config(fast())
+        .build_with_fetcher(source)
+        .unwrap();
     // The first request hung past its 500 ms timeout; the retry answered.
     assert_eq!(provider.credentials().unwrap().username(), "oid-2");
     let started = Instant::now();
@@ -245,7 +260,10 @@ fn dropping_the_last_handle_stops_the_driver() {
         let _keep = &held;
         Ok(token(1, 3600))
     };
-    let provider = Provider::builder().config(fast()).build(source).unwrap();
+    let provider = Provider::builder()
+        .config(fast())
+        .build_with_fetcher(source)
+        .unwrap();
     let clone = provider.clone();
     drop(provider);
     assert!(
@@ -264,7 +282,10 @@ fn dropping_the_last_handle_stops_the_driver() {
 #[test]
 fn shutdown_is_visible_to_every_clone() {
     let (_, source) = counting_source(3600);
-    let provider = Provider::builder().config(fast()).build(source).unwrap();
+    let provider = Provider::builder()
+        .config(fast())
+        .build_with_fetcher(source)
+        .unwrap();
     let clone = provider.clone();
     provider.shutdown();
     assert_eq!(clone.status(), Status::Stopped);

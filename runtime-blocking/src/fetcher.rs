@@ -1,4 +1,4 @@
-//! Where tokens come from: anything that can fetch one within a timeout
+//! What the driver calls to get a token: anything that can fetch one within a timeout
 
 use std::time::Duration;
 
@@ -9,18 +9,18 @@ use redis_entraid_core::token::TokenResponse;
 ///
 /// The driver calls it on a short-lived thread of its own, so a slow source never delays
 /// timers, commands or other subscribers; an answer that arrives after the machine gave up on
-/// the request is ignored. Closures `Fn(Duration) -> Result<TokenResponse, FetchError>` are
-/// sources.
+/// the request is ignored. [`IdentityFetcher`](crate::IdentityFetcher) runs any Entra ID flow;
+/// closures `Fn(Duration) -> Result<TokenResponse, FetchError>` are fetchers too (tests, vaults).
 ///
 /// ```
 /// use std::time::Duration;
-/// use redis_entraid_blocking::TokenSource;
+/// use redis_entraid_blocking::Fetcher;
 /// use redis_entraid_core::token::{AccessToken, TokenResponse};
 ///
 /// let source = |_timeout: Duration| Ok(TokenResponse::new(AccessToken::new("h.p.s")).with_expires_in(3600));
 /// assert!(source.fetch(Duration::from_secs(1)).is_ok());
 /// ```
-pub trait TokenSource: Send + Sync + 'static {
+pub trait Fetcher: Send + Sync + 'static {
     /// One token
     ///
     /// # Errors
@@ -33,7 +33,7 @@ pub trait TokenSource: Send + Sync + 'static {
     }
 }
 
-impl<F> TokenSource for F
+impl<F> Fetcher for F
 where
     F: Fn(Duration) -> Result<TokenResponse, FetchError> + Send + Sync + 'static,
 {

@@ -1,0 +1,522 @@
+//! The provider: a driver future running the core's machine, and cheap cloneable handles
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use async_broadcast::{InactiveReceiver, Receiver as EventReceiver, Sender as EventSender};
+use async_channel::{Receiver, Sender};
+use futures_lite::future;
+use redis_entraid_blocking::{Fetcher, HttpConfig, IdentityFetcher, Startup, StartupError};
+use redis_entraid_core::config::Config;
+use redis_entraid_core::error::{FetchError, ReauthError, TransportError};
+use redis_entraid_core::event::{Action, Event, Generation, RequestId, Status};
+use redis_entraid_core::identity::chain::DefaultChain;
+use redis_entraid_core::identity::TokenSource;
+use redis_entraid_core::machine::TokenManager;
+use redis_entraid_core::token::{Credentials, TokenResponse};
+
+use crate::shared::Shared;
+
+enum Command {
+    Fetched {
+        id: RequestId,
+        result: Result<TokenResponse, FetchError>,
+        wall: SystemTime,
+    },
+    RefreshNow,
+    Reauth {
+        generation: Generation,
+        result: Result<(), ReauthError>,
+    },
+    Shutdown,
+}
+
+/// The driver: a future that runs the token machine until the provider shuts down
+///
+/// Spawn it on any executor (`async_std::task::spawn(driver)`, `smol::spawn(driver).detach()`),
+/// or let [`ProviderBuilder::build`] spawn it through the closure you give. It completes when
+/// the last [`Provider`] handle is dropped or [`Provider::shutdown`] is called.
+#[must_use = "the provider fetches nothing until its driver is spawned"]
+pub struct Driver(Pin<Box<dyn Future<Output = ()> + Send + 'static>>);
+
+impl Future for Driver {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+impl fmt::Debug for Driver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Driver")
+    }
+}
+
+/// Builds a [`Provider`]
+#[derive(Clone, Debug, Default)]
+pub struct ProviderBuilder {
+    config: Config,
+    startup: Startup,
+    event_capacity: Option<usize>,
+    http: HttpConfig,
+}
+
+impl ProviderBuilder {
+    /// Refresh, retry and timeout settings
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// What [`build`](Self::build) waits for
+    pub fn startup(mut self, startup: Startup) -> Self {
+        self.startup = startup;
+        self
+    }
+
+    /// Queue length of each [`Provider::events`] receiver (default 256); a subscriber that
+    /// falls further behind loses its oldest events rather than slowing anyone down
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.event_capacity = Some(capacity);
+        self
+    }
+
+    /// TLS settings for identity requests (extra root CAs; `SSL_CERT_FILE` is honoured anyway)
+    pub fn http(mut self, http: HttpConfig) -> Self {
+        self.http = http;
+        self
+    }
+
+    /// The provider and its driver for any Entra ID identity flow, without spawning or waiting
+    ///
+    /// # Errors
+    /// [`StartupError::Http`] when a CA file (or `SSL_CERT_FILE`) cannot be read.
+    pub fn start(self, source: TokenSource) -> Result<(Provider, Driver), StartupError> {
+        let fetcher = IdentityFetcher::new(source, &self.http).map_err(StartupError::Http)?;
+        Ok(self.start_with_fetcher(fetcher))
+    }
+
+    /// The provider and its driver around any [`Fetcher`], without spawning or waiting
+    pub fn start_with_fetcher(self, fetcher: impl Fetcher) -> (Provider, Driver) {
+        let shared = Arc::new(Shared::new());
+        let (tx, rx) = async_channel::unbounded();
+        let (mut events, inactive) =
+            async_broadcast::broadcast(self.event_capacity.unwrap_or(256).max(1));
+        events.set_overflow(true);
+        let inactive = inactive.deactivate();
+        let run = run(
+            TokenManager::new(self.config.clone(), Instant::now()),
+            Arc::new(fetcher),
+            Arc::clone(&shared),
+            rx,
+            tx.clone(),
+            events.clone(),
+        );
+        let provider = Provider {
+            inner: Arc::new(Inner {
+                shared,
+                commands: tx,
+                events: inactive,
+                config: self.config,
+            }),
+        };
+        (provider, Driver(Box::pin(run)))
+    }
+
+    /// Starts a provider for `source`: spawns the driver with `spawn`, then applies the
+    /// startup policy
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), redis_entraid_blocking::StartupError> {
+    /// use redis_entraid_async_std::Provider;
+    /// use redis_entraid_core::identity::imds::Imds;
+    /// use redis_entraid_core::identity::managed::{ManagedIdentity, ManagedIdentityId};
+    /// use redis_entraid_core::identity::TokenSource;
+    ///
+    /// let source = TokenSource::ManagedIdentity(ManagedIdentity::Imds(Imds::new(ManagedIdentityId::SystemAssigned)));
+    /// let provider = Provider::builder()
+    ///     .build(source, |driver| { async_std::task::spawn(driver); })
+    ///     .await?;
+    /// println!("AUTH as {:?}", provider.credentials().map(|c| c.username().to_owned()));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`StartupError`] when HTTP cannot be set up or the startup policy is not met (the
+    /// driver is then shut down).
+    pub async fn build(
+        self,
+        source: TokenSource,
+        spawn: impl FnOnce(Driver),
+    ) -> Result<Provider, StartupError> {
+        let startup = self.startup;
+        let (provider, driver) = self.start(source)?;
+        spawn(driver);
+        provider.apply_startup(startup).await.map(|()| provider)
+    }
+
+    /// Starts a provider on the default chain from the process environment
+    ///
+    /// # Errors
+    /// As [`build`](Self::build).
+    pub async fn build_from_env(
+        self,
+        spawn: impl FnOnce(Driver),
+    ) -> Result<Provider, StartupError> {
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        self.build(
+            TokenSource::DefaultChain(DefaultChain::from_env(&env)),
+            spawn,
+        )
+        .await
+    }
+
+    /// Starts a provider around any [`Fetcher`]: spawns the driver, applies the startup policy
+    ///
+    /// # Errors
+    /// [`StartupError`] when the startup policy is not met (the driver is then shut down).
+    pub async fn build_with_fetcher(
+        self,
+        fetcher: impl Fetcher,
+        spawn: impl FnOnce(Driver),
+    ) -> Result<Provider, StartupError> {
+        let startup = self.startup;
+        let (provider, driver) = self.start_with_fetcher(fetcher);
+        spawn(driver);
+        provider.apply_startup(startup).await.map(|()| provider)
+    }
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    commands: Sender<Command>,
+    events: InactiveReceiver<Event>,
+    config: Config,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The channel is unbounded: this never blocks, and the driver ends at once.
+        let _ = self.commands.try_send(Command::Shutdown);
+    }
+}
+
+/// A running token provider: a cheap, cloneable handle to one driver
+///
+/// Dropping the last clone ends the driver.
+#[derive(Clone)]
+pub struct Provider {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Provider")
+            .field("status", &self.status())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Provider {
+    /// A builder with the default configuration and startup policy
+    pub fn builder() -> ProviderBuilder {
+        ProviderBuilder::default()
+    }
+
+    async fn apply_startup(&self, startup: Startup) -> Result<(), StartupError> {
+        let shared = &self.inner.shared;
+        let outcome = match startup {
+            Startup::Wait(waited) => match shared
+                .wait_until(Some(waited), |s| s.latest.as_ref().map(|_| ()))
+                .await
+            {
+                Some(()) => Ok(()),
+                None => Err(StartupError::TimedOut {
+                    waited,
+                    last_error: shared.lock().last_error.clone(),
+                }),
+            },
+            Startup::FailFast => {
+                let result = shared
+                    .wait_until(None, |s| {
+                        if s.latest.is_some() {
+                            Some(Ok(()))
+                        } else if s.failures_before_first_token > 0 || s.stopped {
+                            Some(Err(s.last_error.clone()))
+                        } else {
+                            None
+                        }
+                    })
+                    .await;
+                match result {
+                    Some(Ok(())) => Ok(()),
+                    Some(Err(Some(e))) => Err(StartupError::FetchFailed(e)),
+                    _ => Err(StartupError::FetchFailed(FetchError::from(
+                        TransportError::permanent("the driver stopped before the first token"),
+                    ))),
+                }
+            }
+            _ => Ok(()),
+        };
+        if outcome.is_err() {
+            self.shutdown().await;
+        }
+        outcome
+    }
+
+    /// The latest credentials, if a token has arrived (check [`status`](Self::status) for
+    /// whether they expired)
+    pub fn credentials(&self) -> Option<Credentials> {
+        self.inner
+            .shared
+            .lock()
+            .latest
+            .as_ref()
+            .map(|(_, c)| c.clone())
+    }
+
+    /// The latest credentials and their generation
+    pub fn current(&self) -> Option<(Generation, Credentials)> {
+        self.inner.shared.lock().latest.clone()
+    }
+
+    /// Waits up to `timeout` (`None`: until shutdown) for credentials newer than `generation`
+    /// (any, for `None`); after shutdown, returns what there is at once
+    pub async fn wait_newer(
+        &self,
+        generation: Option<Generation>,
+        timeout: Option<Duration>,
+    ) -> Option<(Generation, Credentials)> {
+        self.inner
+            .shared
+            .wait_until(timeout, |s| {
+                match (&s.latest, generation) {
+                    (Some((g, c)), Some(seen)) if *g > seen => return Some(Some((*g, c.clone()))),
+                    (Some((g, c)), None) => return Some(Some((*g, c.clone()))),
+                    _ => {}
+                }
+                s.stopped.then_some(None)
+            })
+            .await
+            .flatten()
+    }
+
+    /// A latest-value view of the credentials: never queues, never back-pressures the driver
+    pub fn subscribe(&self) -> Subscription {
+        Subscription {
+            provider: self.clone(),
+            seen: None,
+        }
+    }
+
+    /// Every event from now on; a receiver that falls behind loses its oldest events
+    pub fn events(&self) -> EventReceiver<Event> {
+        self.inner.events.activate_cloned()
+    }
+
+    /// Where the machine stands
+    pub fn status(&self) -> Status {
+        self.inner.shared.lock().status
+    }
+
+    /// The last fetch error since the last success, if any
+    pub fn last_error(&self) -> Option<FetchError> {
+        self.inner.shared.lock().last_error.clone()
+    }
+
+    /// The configuration
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Fetches a new token as soon as the minimum refresh interval allows
+    pub fn refresh_now(&self) {
+        let _ = self.inner.commands.try_send(Command::RefreshNow);
+    }
+
+    /// Reports how a connection took the credentials of `generation`; a rejection of the
+    /// token (`WRONGPASS`, `NOAUTH`) makes the driver fetch a fresh one
+    pub fn report_reauth(&self, generation: Generation, result: Result<(), ReauthError>) {
+        let _ = self
+            .inner
+            .commands
+            .try_send(Command::Reauth { generation, result });
+    }
+
+    /// Stops the driver and waits until it has stopped (other clones then see
+    /// [`Status::Stopped`])
+    pub async fn shutdown(&self) {
+        let _ = self.inner.commands.try_send(Command::Shutdown);
+        self.inner
+            .shared
+            .wait_until(Some(Duration::from_secs(5)), |s| s.stopped.then_some(()))
+            .await;
+    }
+}
+
+/// A latest-value subscription to a provider's credentials
+#[derive(Clone, Debug)]
+pub struct Subscription {
+    provider: Provider,
+    seen: Option<Generation>,
+}
+
+impl Subscription {
+    /// Waits for credentials newer than the last ones this subscription returned; `None` once
+    /// the provider has stopped
+    pub async fn changed(&mut self) -> Option<(Generation, Credentials)> {
+        let (generation, credentials) = self.provider.wait_newer(self.seen, None).await?;
+        if self.seen.is_some_and(|seen| seen >= generation) {
+            return None;
+        }
+        self.seen = Some(generation);
+        Some((generation, credentials))
+    }
+}
+
+async fn run(
+    mut machine: TokenManager,
+    fetcher: Arc<dyn Fetcher>,
+    shared: Arc<Shared>,
+    commands: Receiver<Command>,
+    loopback: Sender<Command>,
+    events: EventSender<Event>,
+) {
+    loop {
+        let until = drain(&mut machine, &fetcher, &shared, &loopback, &events);
+        if shared.lock().stopped {
+            return;
+        }
+        let received = match until {
+            Some(until) => {
+                future::or(async { Some(commands.recv().await) }, async {
+                    async_io::Timer::at(until).await;
+                    None
+                })
+                .await
+            }
+            None => Some(commands.recv().await),
+        };
+        let now = Instant::now();
+        match received {
+            Some(Ok(Command::Fetched { id, result, wall })) => {
+                machine.handle_response(id, result, wall, now);
+            }
+            Some(Ok(Command::RefreshNow)) => machine.refresh_now(now),
+            Some(Ok(Command::Reauth { generation, result })) => {
+                machine.handle_reauth_result(generation, result, now);
+            }
+            Some(Ok(Command::Shutdown) | Err(_)) => machine.shutdown(now),
+            None => machine.handle_timeout(now),
+        }
+    }
+}
+
+fn drain(
+    machine: &mut TokenManager,
+    fetcher: &Arc<dyn Fetcher>,
+    shared: &Shared,
+    loopback: &Sender<Command>,
+    events: &EventSender<Event>,
+) -> Option<Instant> {
+    loop {
+        match machine.poll_action() {
+            Action::Wait { until } => {
+                let status = machine.status();
+                shared.update(|s| s.status = status);
+                return until;
+            }
+            Action::FetchToken {
+                id,
+                attempt,
+                deadline,
+            } => {
+                let timeout = deadline.saturating_duration_since(Instant::now());
+                tracing::debug!(
+                    request = id.0,
+                    attempt,
+                    timeout_ms = timeout.as_millis() as u64,
+                    "fetching a token"
+                );
+                let fetcher = Arc::clone(fetcher);
+                let reply = loopback.clone();
+                // On the blocking pool: the fetch runs even though nobody polls the task, and
+                // its answer comes back as a command; a late one is stale and ignored.
+                blocking::unblock(move || {
+                    let result = fetcher.fetch(timeout);
+                    let _ = reply.try_send(Command::Fetched {
+                        id,
+                        result,
+                        wall: SystemTime::now(),
+                    });
+                })
+                .detach();
+            }
+            Action::Reauthenticate {
+                credentials,
+                generation,
+            } => {
+                tracing::info!(
+                    generation = generation.0,
+                    username = credentials.username(),
+                    "new credentials"
+                );
+                let status = machine.status();
+                shared.update(|s| {
+                    s.latest = Some((generation, credentials));
+                    s.last_error = None;
+                    s.status = status;
+                });
+            }
+            Action::Event(event) => {
+                match &event {
+                    Event::FetchFailed { attempt, error, .. } => {
+                        tracing::warn!(attempt, "token request failed: {error}");
+                        let error = error.clone();
+                        shared.update(|s| {
+                            if s.latest.is_none() {
+                                s.failures_before_first_token += 1;
+                            }
+                            s.last_error = Some(error);
+                        });
+                    }
+                    Event::RetriesExhausted {
+                        attempts,
+                        last_error,
+                    } => {
+                        tracing::error!(
+                            attempts,
+                            "token refresh keeps failing, still retrying: {last_error}"
+                        );
+                    }
+                    Event::Expired { generation } => {
+                        tracing::error!(
+                            generation = generation.0,
+                            "token expired before a replacement arrived"
+                        );
+                    }
+                    Event::ReauthFailed { generation, error } => {
+                        tracing::warn!(
+                            generation = generation.0,
+                            "re-authentication failed: {error}"
+                        );
+                    }
+                    Event::Stopped => shared.update(|s| {
+                        s.stopped = true;
+                        s.status = Status::Stopped;
+                    }),
+                    _ => tracing::debug!(?event, "token event"),
+                }
+                // Overflow mode: a full queue drops its oldest event; this never waits.
+                let _ = events.try_broadcast(event);
+            }
+            _ => {}
+        }
+    }
+}
