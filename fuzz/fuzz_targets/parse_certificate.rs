@@ -1,0 +1,13 @@
+//! Arbitrary bytes into the certificate loader (PEM splitting, PKCS#1/PKCS#8 keys, PKCS#12):
+//! it must never panic, whatever the file holds.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use redis_entraid_core::identity::client_certificate::CertificateCredential;
+use redis_entraid_core::secret::{SecretBytes, SecretString};
+
+fuzz_target!(|data: &[u8]| {
+    let bytes = SecretBytes::new(data.to_vec());
+    let _ = CertificateCredential::from_pem(&bytes);
+    let _ = CertificateCredential::from_bytes(&bytes, Some(&SecretString::new("pw")));
+});
