@@ -13,13 +13,16 @@ use std::time::Duration;
 
 use redis::{Cmd, ConnectionLike, ErrorKind, RedisError, RedisResult, Value};
 use redis_entraid_core::error::{ReauthError, ReauthErrorKind};
-use redis_entraid_core::event::Generation;
+use redis_entraid_core::event::{Generation, Status};
 use redis_entraid_core::token::Credentials;
 
 use crate::Provider;
 
 /// How long a connection waits for a fresh token after Redis rejected the current one
 const FRESH_TOKEN_WAIT: Duration = Duration::from_secs(15);
+
+/// How soon the re-authenticator tries again a connection that was busy
+const BUSY_RETRY: Duration = Duration::from_millis(10);
 
 struct Link {
     connection: redis::Connection,
@@ -83,23 +86,38 @@ impl Reauthenticator {
             };
             seen = Some(generation);
             let Some(this) = weak.upgrade() else { return };
-            let links: Vec<_> = {
+            let mut pending: Vec<Weak<Mutex<Link>>> = {
                 let links = this.links.lock().unwrap_or_else(|e| e.into_inner());
-                links.iter().filter_map(Weak::upgrade).collect()
+                links.clone()
             };
-            for link in links {
-                // A connection busy with a command re-authenticates itself before its next
-                // one; an idle one is re-authenticated here.
-                let Ok(mut link) = link.try_lock() else {
-                    continue;
-                };
-                if link.generation.is_some_and(|g| g >= generation) {
-                    continue;
+            drop(this);
+            // A connection busy with a command when the token arrives is tried again shortly:
+            // skipping it until the next token would let an idle-again pooled connection
+            // outlive its token. A newer token ends this pass and starts the next.
+            loop {
+                let Some(this) = weak.upgrade() else { return };
+                pending.retain(|link| {
+                    let Some(link) = link.upgrade() else {
+                        return false;
+                    };
+                    let Ok(mut link) = link.try_lock() else {
+                        return true;
+                    };
+                    if link.generation.is_some_and(|g| g >= generation) {
+                        return false;
+                    }
+                    if let Err(e) = link.auth(generation, &credentials) {
+                        this.provider
+                            .report_reauth(generation, Err(reauth_error(&e)));
+                    }
+                    false
+                });
+                let superseded = this.provider.current().is_some_and(|(g, _)| g > generation);
+                if pending.is_empty() || superseded || this.provider.status() == Status::Stopped {
+                    break;
                 }
-                if let Err(e) = link.auth(generation, &credentials) {
-                    this.provider
-                        .report_reauth(generation, Err(reauth_error(&e)));
-                }
+                drop(this);
+                std::thread::sleep(BUSY_RETRY);
             }
         }
     }
