@@ -104,7 +104,7 @@ fn bench_lifecycle(c: &mut Criterion) {
     c.bench_function("24 h of 1 h tokens, every second fetch answered 503", |b| {
         b.iter(|| {
             let mut n = 0usize;
-            let mut h = Harness::new(Config::default(), move |_| {
+            let mut h = Harness::new(Instant::now(), Config::default(), move |_| {
                 n += 1;
                 if n.is_multiple_of(2) {
                     Reply::fail(
@@ -123,7 +123,11 @@ fn bench_lifecycle(c: &mut Criterion) {
         "token lifecycle: fetch, push, refresh (one rotation)",
         |b| {
             b.iter(|| {
-                let mut h = Harness::new(Config::default(), sequence(vec![Reply::token(3600)]));
+                let mut h = Harness::new(
+                    Instant::now(),
+                    Config::default(),
+                    sequence(vec![Reply::token(3600)]),
+                );
                 h.run_for(Duration::from_secs(2600));
                 black_box(h.reauths.len())
             })

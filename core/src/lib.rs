@@ -114,6 +114,3 @@ pub mod secret;
 pub mod testing;
 pub mod timer;
 pub mod token;
-
-#[cfg(test)]
-mod tests;

@@ -109,10 +109,13 @@ pub struct Harness {
 }
 
 impl Harness {
-    /// A machine built from `config` at a fixed epoch, answering fetches through `script`
-    pub fn new(config: Config, script: impl FnMut(FetchContext) -> Reply + 'static) -> Self {
-        #[allow(clippy::disallowed_methods)] // the one real instant every simulation starts from
-        let start = Instant::now();
+    /// A machine built from `config` at `start` (any instant: only differences matter), answering
+    /// fetches through `script`; the caller supplies the instant so the core never reads a clock
+    pub fn new(
+        start: Instant,
+        config: Config,
+        script: impl FnMut(FetchContext) -> Reply + 'static,
+    ) -> Self {
         let mut harness = Self {
             machine: TokenManager::new(config, start),
             start,

@@ -19,7 +19,7 @@ struct Input {
 
 fuzz_target!(|input: Input| {
     let config = OpDriver::config_from(input.ratio_pct, input.lower_bound_s, input.min_interval_ms, input.seed);
-    let mut driver = OpDriver::new(config);
+    let mut driver = OpDriver::new(std::time::Instant::now(), config);
     for op in input.ops.into_iter().take(500) {
         driver.apply(op);
     }

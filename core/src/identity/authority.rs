@@ -10,6 +10,7 @@
 //! `localhost`, `[::1]`) so a local emulator works.
 
 use std::fmt;
+// Address parsing only (is this host loopback?): no socket is ever opened here.
 use std::net::{IpAddr, Ipv6Addr};
 
 use crate::error::ConfigError;

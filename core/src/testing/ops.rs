@@ -81,10 +81,9 @@ pub struct OpDriver {
 }
 
 impl OpDriver {
-    /// A driver over a machine built from `config`
-    pub fn new(config: Config) -> Self {
-        #[allow(clippy::disallowed_methods)] // the one real instant the run starts from
-        let start = Instant::now();
+    /// A driver over a machine built from `config` at `start` (any instant; the caller reads
+    /// the clock, never the core)
+    pub fn new(start: Instant, config: Config) -> Self {
         let max_attempts = config.retry().max_attempts();
         let mut driver = Self {
             machine: TokenManager::new(config, start),

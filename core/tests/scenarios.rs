@@ -4,14 +4,21 @@
 
 use std::time::Duration;
 
-use crate::config::{Config, RefreshPolicy, RetryPolicy, MAX_TOKEN_LIFETIME};
-use crate::error::{
+use redis_entraid_core::config::{Config, RefreshPolicy, RetryPolicy, MAX_TOKEN_LIFETIME};
+use redis_entraid_core::error::{
     EntraErrorBody, FetchError, ReauthError, ReauthErrorKind, ResponseError, TransportError,
 };
-use crate::event::{Action, Event, Generation, RequestId, Status, TimerKind};
-use crate::jwt::JwtError;
-use crate::testing::{sequence, unsigned_token, Harness, Reply, WALL_START};
-use crate::token::TokenResponse;
+use redis_entraid_core::event::{Action, Event, Generation, RequestId, Status, TimerKind};
+use redis_entraid_core::jwt::JwtError;
+use redis_entraid_core::testing::{sequence, unsigned_token, Harness, Reply, WALL_START};
+use redis_entraid_core::token::TokenResponse;
+
+/// The instant a simulation starts from: only differences matter, and the test (not the core)
+/// reads the clock
+#[allow(clippy::disallowed_methods)]
+fn epoch() -> std::time::Instant {
+    std::time::Instant::now()
+}
 
 const S: Duration = Duration::from_secs(1);
 const HOUR: i64 = 3600;
@@ -73,6 +80,7 @@ fn default_exact() -> Config {
 #[test]
 fn ratio_dominates_for_long_tokens() {
     let mut h = Harness::new(
+        epoch(),
         config(0.75, secs(600), secs(10)),
         sequence(vec![tok(2 * HOUR)]),
     );
@@ -83,6 +91,7 @@ fn ratio_dominates_for_long_tokens() {
 #[test]
 fn lower_bound_wins_for_short_tokens() {
     let mut h = Harness::new(
+        epoch(),
         config(0.7, secs(45 * 60), secs(10)),
         sequence(vec![tok(HOUR)]),
     );
@@ -92,7 +101,7 @@ fn lower_bound_wins_for_short_tokens() {
 
 #[test]
 fn default_schedule_refreshes_one_hour_tokens_every_2520_seconds() {
-    let mut h = Harness::new(default_exact(), sequence(vec![tok(HOUR)]));
+    let mut h = Harness::new(epoch(), default_exact(), sequence(vec![tok(HOUR)]));
     h.run_for(secs(10 * 3600));
     let expected: Vec<Duration> = (0..=14).map(|n| secs(n * 2520)).collect();
     assert_eq!(h.fetches, expected);
@@ -107,7 +116,7 @@ fn default_schedule_refreshes_one_hour_tokens_every_2520_seconds() {
 
 #[test]
 fn token_shorter_than_lower_bound_refreshes_at_min_interval_without_hot_loop() {
-    let mut h = Harness::new(default_exact(), sequence(vec![tok(60)]));
+    let mut h = Harness::new(epoch(), default_exact(), sequence(vec![tok(60)]));
     h.run_for(secs(60));
     let expected: Vec<Duration> = (0..=6).map(|n| secs(n * 10)).collect();
     assert_eq!(h.fetches, expected);
@@ -116,7 +125,7 @@ fn token_shorter_than_lower_bound_refreshes_at_min_interval_without_hot_loop() {
 
 #[test]
 fn token_lifetime_equal_to_lower_bound_refreshes_at_min_interval() {
-    let mut h = Harness::new(default_exact(), sequence(vec![tok(180)]));
+    let mut h = Harness::new(epoch(), default_exact(), sequence(vec![tok(180)]));
     h.run_for(secs(25));
     assert_eq!(h.fetches, vec![secs(0), secs(10), secs(20)]);
 }
@@ -125,7 +134,7 @@ fn token_lifetime_equal_to_lower_bound_refreshes_at_min_interval() {
 fn min_interval_wins_over_expiry_for_tokens_shorter_than_it() {
     // A 5 s token with a 10 s hot-loop guard: the guard wins, the token expires, and the
     // machine says so instead of hammering the provider.
-    let mut h = Harness::new(default_exact(), sequence(vec![tok(5)]));
+    let mut h = Harness::new(epoch(), default_exact(), sequence(vec![tok(5)]));
     h.run_for(secs(24));
     assert_eq!(h.fetches, vec![secs(0), secs(10), secs(20)]);
     assert_eq!(h.count_events(|e| matches!(e, Event::Expired { .. })), 2);
@@ -134,6 +143,7 @@ fn min_interval_wins_over_expiry_for_tokens_shorter_than_it() {
 #[test]
 fn ratio_one_and_zero_lower_bound_refresh_no_later_than_expiry() {
     let mut h = Harness::new(
+        epoch(),
         config(1.0, Duration::ZERO, secs(10)),
         sequence(vec![tok(100)]),
     );
@@ -145,6 +155,7 @@ fn ratio_one_and_zero_lower_bound_refresh_no_later_than_expiry() {
 fn high_and_low_ratios_refresh_between_ratio_point_and_expiry() {
     for ratio in [0.01, 0.5, 0.99] {
         let mut h = Harness::new(
+            epoch(),
             config(ratio, Duration::ZERO, Duration::from_millis(1)),
             sequence(vec![tok(HOUR)]),
         );
@@ -160,6 +171,7 @@ fn high_and_low_ratios_refresh_between_ratio_point_and_expiry() {
 #[test]
 fn tiny_ratio_is_precise_to_the_nanosecond() {
     let mut h = Harness::new(
+        epoch(),
         config(0.0001, Duration::ZERO, Duration::from_millis(1)),
         sequence(vec![tok(HOUR)]),
     );
@@ -169,7 +181,7 @@ fn tiny_ratio_is_precise_to_the_nanosecond() {
 
 #[test]
 fn refresh_in_hint_moves_the_refresh_earlier() {
-    let mut h = Harness::new(default_exact(), |ctx| {
+    let mut h = Harness::new(epoch(), default_exact(), |ctx| {
         let _ = ctx;
         Reply::Response {
             response: TokenResponse::new(unsigned_token(r#"{"oid":"o"}"#))
@@ -185,6 +197,7 @@ fn refresh_in_hint_moves_the_refresh_earlier() {
 #[test]
 fn refresh_in_hint_later_than_the_ratio_point_is_ignored() {
     let mut h = Harness::new(
+        epoch(),
         default_exact(),
         sequence(vec![Reply::Response {
             response: TokenResponse::new(unsigned_token(r#"{"oid":"o"}"#))
@@ -205,7 +218,7 @@ fn refresh_jitter_only_moves_the_refresh_earlier() {
             .rng_seed(seed)
             .build()
             .unwrap();
-        let mut h = Harness::new(config, sequence(vec![tok(HOUR)]));
+        let mut h = Harness::new(epoch(), config, sequence(vec![tok(HOUR)]));
         h.run_for(secs(2520));
         assert_eq!(h.fetches.len(), 2, "seed {seed}");
         let at = h.fetches[1];
@@ -224,7 +237,11 @@ fn earliest_of_expires_in_expires_on_and_exp_wins() {
         .with_expires_on(h_wall + 1800),
         latency: Duration::ZERO,
     };
-    let mut h = Harness::new(default_exact(), sequence(vec![absolute(WALL_START as i64)]));
+    let mut h = Harness::new(
+        epoch(),
+        default_exact(),
+        sequence(vec![absolute(WALL_START as i64)]),
+    );
     h.run_for(Duration::ZERO);
     match h.machine.status() {
         Status::Valid { expires_at, .. } => assert_eq!(expires_at - h.start, secs(1800)),
@@ -232,6 +249,7 @@ fn earliest_of_expires_in_expires_on_and_exp_wins() {
     }
     // JWT exp alone is enough when the response carries no lifetime.
     let mut h = Harness::new(
+        epoch(),
         default_exact(),
         sequence(vec![Reply::Response {
             response: TokenResponse::new(unsigned_token(&format!(
@@ -251,6 +269,7 @@ fn earliest_of_expires_in_expires_on_and_exp_wins() {
 #[test]
 fn relative_lifetime_counts_from_when_the_request_was_sent() {
     let mut h = Harness::new(
+        epoch(),
         default_exact(),
         sequence(vec![Reply::Token {
             ttl: HOUR,
@@ -269,6 +288,7 @@ fn relative_lifetime_counts_from_when_the_request_was_sent() {
 #[test]
 fn retryable_error_then_recovery_backs_off_exponentially() {
     let mut h = Harness::new(
+        epoch(),
         default_exact(),
         sequence(vec![fail(unavailable()), fail(unavailable()), tok(HOUR)]),
     );
@@ -280,7 +300,7 @@ fn retryable_error_then_recovery_backs_off_exponentially() {
 
 #[test]
 fn retries_exhausted_is_reported_once_and_fetching_continues_at_max_delay() {
-    let mut h = Harness::new(default_exact(), |_| fail(unavailable()));
+    let mut h = Harness::new(epoch(), default_exact(), |_| fail(unavailable()));
     h.run_for(secs(600));
     let mut expected = vec![0, 1, 3, 7, 15];
     expected.extend((45..=600).step_by(30));
@@ -303,7 +323,7 @@ fn retries_exhausted_is_reported_once_and_fetching_continues_at_max_delay() {
 fn recovery_on_the_last_allowed_attempt_does_not_report_exhaustion() {
     let mut replies = vec![fail(unavailable()); 4];
     replies.push(tok(HOUR));
-    let mut h = Harness::new(default_exact(), sequence(replies));
+    let mut h = Harness::new(epoch(), default_exact(), sequence(replies));
     h.run_for(secs(60));
     assert_eq!(
         h.count_events(|e| matches!(e, Event::RetriesExhausted { .. })),
@@ -318,7 +338,11 @@ fn exhaustion_is_reported_again_after_a_success_and_a_new_failure_streak() {
     replies.push(tok(100));
     replies.extend(vec![fail(unavailable()); 5]);
     replies.push(tok(HOUR));
-    let mut h = Harness::new(config(0.7, Duration::ZERO, secs(1)), sequence(replies));
+    let mut h = Harness::new(
+        epoch(),
+        config(0.7, Duration::ZERO, secs(1)),
+        sequence(replies),
+    );
     h.run_for(secs(400));
     assert_eq!(
         h.count_events(|e| matches!(e, Event::RetriesExhausted { .. })),
@@ -328,7 +352,7 @@ fn exhaustion_is_reported_again_after_a_success_and_a_new_failure_streak() {
 
 #[test]
 fn non_retryable_error_waits_max_delay_and_never_stops() {
-    let mut h = Harness::new(default_exact(), |_| fail(invalid_client()));
+    let mut h = Harness::new(epoch(), default_exact(), |_| fail(invalid_client()));
     h.run_for(secs(300));
     let expected: Vec<Duration> = (0..=10).map(|n| secs(n * 30)).collect();
     assert_eq!(h.fetches, expected);
@@ -355,7 +379,11 @@ fn user_predicate_overrides_which_errors_are_retried_quickly() {
         )
         .build()
         .unwrap();
-    let mut h = Harness::new(config, sequence(vec![fail(invalid_client()), tok(HOUR)]));
+    let mut h = Harness::new(
+        epoch(),
+        config,
+        sequence(vec![fail(invalid_client()), tok(HOUR)]),
+    );
     h.run_for(secs(5));
     assert_eq!(h.fetches, vec![secs(0), secs(1)]);
 }
@@ -366,6 +394,7 @@ fn retry_after_is_honoured_when_it_fits_before_expiry() {
         .with_status(429)
         .with_retry_after(secs(120));
     let mut h = Harness::new(
+        epoch(),
         default_exact(),
         sequence(vec![tok(HOUR), fail(throttled), tok(HOUR)]),
     );
@@ -379,6 +408,7 @@ fn retry_after_past_expiry_is_pulled_back_to_the_last_useful_start() {
         .with_status(429)
         .with_retry_after(secs(3600));
     let mut h = Harness::new(
+        epoch(),
         default_exact(),
         sequence(vec![tok(HOUR), fail(throttled), tok(HOUR)]),
     );
@@ -390,7 +420,7 @@ fn retry_after_past_expiry_is_pulled_back_to_the_last_useful_start() {
 
 #[test]
 fn provider_failing_until_just_before_expiry_then_recovering_loses_no_connection() {
-    let mut h = Harness::new(default_exact(), |ctx| {
+    let mut h = Harness::new(epoch(), default_exact(), |ctx| {
         if ctx.index == 0 {
             tok(HOUR)
         } else if ctx.elapsed < secs(3585) {
@@ -437,7 +467,7 @@ fn backoff_never_carries_a_retry_past_expiry_when_an_earlier_try_is_possible() {
         )
         .build()
         .unwrap();
-    let mut h = Harness::new(config, |ctx| {
+    let mut h = Harness::new(epoch(), config, |ctx| {
         if ctx.index == 0 {
             tok(HOUR)
         } else {
@@ -451,7 +481,11 @@ fn backoff_never_carries_a_retry_past_expiry_when_an_earlier_try_is_possible() {
 
 #[test]
 fn hanging_request_is_cut_off_by_the_timeout_and_retried() {
-    let mut h = Harness::new(default_exact(), sequence(vec![Reply::Hang, tok(HOUR)]));
+    let mut h = Harness::new(
+        epoch(),
+        default_exact(),
+        sequence(vec![Reply::Hang, tok(HOUR)]),
+    );
     h.run_for(secs(12));
     assert_eq!(h.fetches, vec![secs(0), secs(11)]);
     let timed_out = h.count_events(|e| matches!(e, Event::FetchFailed { error: FetchError::TimedOut { after }, .. } if *after == secs(10)));
@@ -473,6 +507,7 @@ fn hanging_request_is_cut_off_by_the_timeout_and_retried() {
 #[test]
 fn request_timeout_never_runs_past_the_current_tokens_validity() {
     let mut h = Harness::new(
+        epoch(),
         config(1.0, secs(5), secs(10)),
         sequence(vec![tok(HOUR), Reply::Hang]),
     );
@@ -490,7 +525,11 @@ fn request_timeout_never_runs_past_the_current_tokens_validity() {
 
 #[test]
 fn expired_token_on_arrival_is_rejected_and_backed_off() {
-    let mut h = Harness::new(default_exact(), sequence(vec![tok(0), tok(-5), tok(HOUR)]));
+    let mut h = Harness::new(
+        epoch(),
+        default_exact(),
+        sequence(vec![tok(0), tok(-5), tok(HOUR)]),
+    );
     h.run_for(secs(10));
     assert_eq!(h.fetches, vec![secs(0), secs(1), secs(3)]);
     assert_eq!(
@@ -516,7 +555,7 @@ fn token_without_oid_is_an_error_not_a_default_username() {
         response: TokenResponse::new(unsigned_token(r#"{"exp":1999999999}"#)).with_expires_in(3600),
         latency: Duration::ZERO,
     };
-    let mut h = Harness::new(default_exact(), sequence(vec![no_oid]));
+    let mut h = Harness::new(epoch(), default_exact(), sequence(vec![no_oid]));
     h.run_for(secs(1));
     assert!(h.machine.credentials().is_none());
     assert_eq!(
@@ -542,7 +581,7 @@ fn username_override_replaces_the_oid() {
         response: TokenResponse::new(unsigned_token(r#"{"exp":1999999999}"#)).with_expires_in(3600),
         latency: Duration::ZERO,
     };
-    let h = Harness::new(config, sequence(vec![no_oid]));
+    let h = Harness::new(epoch(), config, sequence(vec![no_oid]));
     let mut h = h;
     h.run_for(secs(1));
     assert_eq!(h.machine.credentials().unwrap().username(), "app-user");
@@ -554,7 +593,7 @@ fn response_without_any_lifetime_is_rejected() {
         response: TokenResponse::new(unsigned_token(r#"{"oid":"o"}"#)),
         latency: Duration::ZERO,
     };
-    let mut h = Harness::new(default_exact(), sequence(vec![bare]));
+    let mut h = Harness::new(epoch(), default_exact(), sequence(vec![bare]));
     h.run_for(secs(1));
     assert_eq!(
         h.count_events(|e| matches!(
@@ -577,7 +616,7 @@ fn huge_lifetimes_are_clamped_and_never_overflow() {
             .with_refresh_in(i64::MAX),
         latency: Duration::ZERO,
     };
-    let mut h = Harness::new(default_exact(), sequence(vec![huge]));
+    let mut h = Harness::new(epoch(), default_exact(), sequence(vec![huge]));
     h.run_for(secs(1));
     match h.machine.status() {
         Status::Valid { expires_at, .. } => assert_eq!(expires_at - h.start, MAX_TOKEN_LIFETIME),
@@ -589,7 +628,7 @@ fn huge_lifetimes_are_clamped_and_never_overflow() {
             .with_refresh_in(i64::MIN),
         latency: Duration::ZERO,
     };
-    let mut h = Harness::new(default_exact(), sequence(vec![negative]));
+    let mut h = Harness::new(epoch(), default_exact(), sequence(vec![negative]));
     h.run_for(secs(1));
     assert!(h.machine.credentials().is_none());
 }
@@ -599,10 +638,10 @@ fn huge_lifetimes_are_clamped_and_never_overflow() {
 #[test]
 fn same_token_returned_is_not_pushed_to_connections() {
     let response = {
-        let mut h = Harness::new(default_exact(), |_| Reply::Hang);
+        let mut h = Harness::new(epoch(), default_exact(), |_| Reply::Hang);
         h.mint(86_400)
     };
-    let mut h = Harness::new(default_exact(), move |_| Reply::Response {
+    let mut h = Harness::new(epoch(), default_exact(), move |_| Reply::Response {
         response: response.clone().with_expires_in(86_400),
         latency: Duration::ZERO,
     });
@@ -619,6 +658,7 @@ fn same_token_returned_is_not_pushed_to_connections() {
 #[test]
 fn token_expiring_before_the_current_one_is_not_pushed() {
     let mut h = Harness::new(
+        epoch(),
         config(0.5, Duration::ZERO, secs(10)),
         sequence(vec![tok(HOUR), tok(600), tok(HOUR)]),
     );
@@ -632,16 +672,17 @@ fn token_expiring_before_the_current_one_is_not_pushed() {
 
 #[test]
 fn wrongpass_on_reauth_leads_to_a_fresh_fetch() {
-    let mut h = Harness::new(default_exact(), |_| tok(HOUR)).with_reauth(|generation, _| {
-        if generation == Generation(1) {
-            Err(ReauthError::new(
-                ReauthErrorKind::WrongPass,
-                "WRONGPASS invalid username-password pair",
-            ))
-        } else {
-            Ok(())
-        }
-    });
+    let mut h =
+        Harness::new(epoch(), default_exact(), |_| tok(HOUR)).with_reauth(|generation, _| {
+            if generation == Generation(1) {
+                Err(ReauthError::new(
+                    ReauthErrorKind::WrongPass,
+                    "WRONGPASS invalid username-password pair",
+                ))
+            } else {
+                Ok(())
+            }
+        });
     h.run_for(secs(20));
     assert_eq!(
         h.fetches,
@@ -660,7 +701,7 @@ fn wrongpass_on_reauth_leads_to_a_fresh_fetch() {
 
 #[test]
 fn connection_failure_on_reauth_does_not_refetch() {
-    let mut h = Harness::new(default_exact(), |_| tok(HOUR)).with_reauth(|_, _| {
+    let mut h = Harness::new(epoch(), default_exact(), |_| tok(HOUR)).with_reauth(|_, _| {
         Err(ReauthError::new(
             ReauthErrorKind::Connection,
             "connection reset",
@@ -672,7 +713,7 @@ fn connection_failure_on_reauth_does_not_refetch() {
 
 #[test]
 fn reauth_rejected_forever_refetches_at_most_once_per_min_interval() {
-    let mut h = Harness::new(default_exact(), |_| tok(HOUR))
+    let mut h = Harness::new(epoch(), default_exact(), |_| tok(HOUR))
         .with_reauth(|_, _| Err(ReauthError::new(ReauthErrorKind::WrongPass, "WRONGPASS")));
     h.run_for(secs(100));
     let expected: Vec<Duration> = (0..=10).map(|n| secs(n * 10)).collect();
@@ -681,7 +722,7 @@ fn reauth_rejected_forever_refetches_at_most_once_per_min_interval() {
 
 #[test]
 fn stale_reauth_results_are_ignored() {
-    let mut h = Harness::new(default_exact(), sequence(vec![tok(HOUR)]));
+    let mut h = Harness::new(epoch(), default_exact(), sequence(vec![tok(HOUR)]));
     let now = h.now;
     assert!(!h.machine.handle_reauth_result(
         Generation(99),
@@ -700,7 +741,7 @@ fn stale_reauth_results_are_ignored() {
 
 #[test]
 fn refresh_now_coalesces_and_respects_the_min_interval() {
-    let mut h = Harness::new(default_exact(), |_| tok(HOUR));
+    let mut h = Harness::new(epoch(), default_exact(), |_| tok(HOUR));
     h.run_for(secs(3));
     let now = h.now;
     h.machine.refresh_now(now);
@@ -719,7 +760,7 @@ fn refresh_now_coalesces_and_respects_the_min_interval() {
 
 #[test]
 fn wall_clock_jumps_do_not_move_monotonic_deadlines() {
-    let mut h = Harness::new(default_exact(), sequence(vec![tok(HOUR)]));
+    let mut h = Harness::new(epoch(), default_exact(), sequence(vec![tok(HOUR)]));
     h.run_for(Duration::ZERO);
     let before = h.machine.poll_timeout();
     h.wall_skew = 7200;
@@ -733,7 +774,7 @@ fn wall_clock_jumps_do_not_move_monotonic_deadlines() {
 
 #[test]
 fn absolute_expiry_is_converted_with_the_wall_clock_at_receipt() {
-    let mut h = Harness::new(default_exact(), |_| Reply::Hang);
+    let mut h = Harness::new(epoch(), default_exact(), |_| Reply::Hang);
     h.wall_skew = 3600; // the wall clock jumped an hour ahead before the answer
     let wall = WALL_START as i64 + 3600;
     let response =
@@ -752,7 +793,7 @@ fn absolute_expiry_is_converted_with_the_wall_clock_at_receipt() {
 
 #[test]
 fn now_going_backwards_is_clamped() {
-    let mut h = Harness::new(default_exact(), sequence(vec![tok(HOUR)]));
+    let mut h = Harness::new(epoch(), default_exact(), sequence(vec![tok(HOUR)]));
     h.run_for(secs(100));
     let now = h.now;
     h.machine.handle_timeout(now); // the machine has now seen 100 s
@@ -772,7 +813,7 @@ fn now_going_backwards_is_clamped() {
 
 #[test]
 fn suspend_past_expiry_reports_expiry_once_and_fetches_once() {
-    let mut h = Harness::new(default_exact(), |_| tok(HOUR));
+    let mut h = Harness::new(epoch(), default_exact(), |_| tok(HOUR));
     h.run_for(secs(100));
     h.clear_trace();
     h.now += Duration::from_secs(5 * 3600); // the laptop slept for five hours
@@ -801,7 +842,7 @@ fn suspend_past_expiry_reports_expiry_once_and_fetches_once() {
 
 #[test]
 fn status_follows_the_token_through_its_life() {
-    let mut h = Harness::new(default_exact(), |ctx| match ctx.index {
+    let mut h = Harness::new(epoch(), default_exact(), |ctx| match ctx.index {
         0 => fail(unavailable()),
         1 => tok(60),
         _ => fail(unavailable()),
@@ -837,7 +878,7 @@ fn status_follows_the_token_through_its_life() {
 
 #[test]
 fn shutdown_during_backoff_stops_everything() {
-    let mut h = Harness::new(default_exact(), |_| fail(unavailable()));
+    let mut h = Harness::new(epoch(), default_exact(), |_| fail(unavailable()));
     h.run_for(secs(2));
     let now = h.now;
     h.machine.shutdown(now);
@@ -855,7 +896,7 @@ fn shutdown_during_backoff_stops_everything() {
 
 #[test]
 fn spurious_timeouts_are_no_ops() {
-    let mut h = Harness::new(default_exact(), sequence(vec![tok(HOUR)]));
+    let mut h = Harness::new(epoch(), default_exact(), sequence(vec![tok(HOUR)]));
     h.run_for(Duration::ZERO);
     h.clear_trace();
     for n in 1..100 {
@@ -875,7 +916,7 @@ fn same_seed_and_inputs_give_the_same_action_trace() {
             .rng_seed(1234)
             .build()
             .unwrap();
-        let mut h = Harness::new(config, |ctx| {
+        let mut h = Harness::new(epoch(), config, |ctx| {
             if ctx.index % 3 == 1 {
                 fail(unavailable())
             } else {
@@ -890,7 +931,7 @@ fn same_seed_and_inputs_give_the_same_action_trace() {
 
 #[test]
 fn first_fetch_is_planned_at_construction() {
-    let h = Harness::new(default_exact(), |_| Reply::Hang);
+    let h = Harness::new(epoch(), default_exact(), |_| Reply::Hang);
     assert_eq!(h.fetches, vec![Duration::ZERO]);
     assert!(h.machine.is_fetching());
     assert_eq!(h.machine.timeout_reason(), Some(TimerKind::RequestTimeout));
@@ -899,6 +940,7 @@ fn first_fetch_is_planned_at_construction() {
 #[test]
 fn transport_errors_are_retryable_and_permanent_ones_are_not() {
     let mut h = Harness::new(
+        epoch(),
         default_exact(),
         sequence(vec![
             fail(TransportError::permanent("az: command not found")),

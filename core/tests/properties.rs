@@ -7,10 +7,17 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 
-use crate::config::{Config, RefreshPolicy, RetryPolicy};
-use crate::event::Event;
-use crate::testing::ops::{Answer, Op, OpDriver};
-use crate::testing::{FetchContext, Harness, Reply};
+use redis_entraid_core::config::{Config, RefreshPolicy, RetryPolicy};
+use redis_entraid_core::event::Event;
+use redis_entraid_core::testing::ops::{Answer, Op, OpDriver};
+use redis_entraid_core::testing::{FetchContext, Harness, Reply};
+
+/// The instant a simulation starts from: only differences matter, and the test (not the core)
+/// reads the clock
+#[allow(clippy::disallowed_methods)]
+fn epoch() -> std::time::Instant {
+    std::time::Instant::now()
+}
 
 fn answer() -> impl Strategy<Value = Answer> {
     prop_oneof![
@@ -52,7 +59,7 @@ proptest! {
     /// between successes, credentials only from good responses, stale inputs ignored.
     #[test]
     fn random_inputs_keep_every_invariant(config in config(), ops in proptest::collection::vec(op(), 1..200)) {
-        let mut driver = OpDriver::new(config);
+        let mut driver = OpDriver::new(epoch(), config);
         for op in ops {
             driver.apply(op);
         }
@@ -62,7 +69,7 @@ proptest! {
     #[test]
     fn same_inputs_give_the_same_action_trace(config in config(), ops in proptest::collection::vec(op(), 1..100)) {
         let run = |config: Config, ops: &[Op]| {
-            let mut driver = OpDriver::new(config);
+            let mut driver = OpDriver::new(epoch(), config);
             for op in ops {
                 driver.apply(op.clone());
             }
@@ -107,7 +114,7 @@ proptest! {
             let ttls = ttls.clone();
             move |ctx: FetchContext| Reply::Token { ttl: ttls[ctx.index % ttls.len()], latency }
         };
-        let mut h = Harness::new(config, script);
+        let mut h = Harness::new(epoch(), config, script);
         h.run_for(Duration::from_secs(total));
         prop_assert_eq!(h.count_events(|e| matches!(e, Event::Expired { .. })), 0);
         prop_assert!(h.reauths.len() >= 2 || total < 2);
@@ -117,7 +124,7 @@ proptest! {
 #[test]
 fn rare_ops_sequence_regressions() {
     // Shutdown in the middle of a fetch, then every input: nothing may panic or emit.
-    let mut driver = OpDriver::new(Config::default());
+    let mut driver = OpDriver::new(epoch(), Config::default());
     for op in [
         Op::Respond(Answer::Token(i64::MAX)),
         Op::AdvanceToDeadline,
