@@ -255,6 +255,7 @@ pub struct Emulator {
     remove_work_dir: bool,
     http: Arc<HttpState>,
     counters: Arc<CounterCells>,
+    refuse_auths: Arc<std::sync::atomic::AtomicU64>,
     faults: Faults,
     tasks: Vec<JoinHandle<()>>,
     _redis: Option<proxy::RedisServer>,
@@ -399,12 +400,14 @@ impl Emulator {
             )),
         ];
 
+        let refuse_auths = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (redis, redis_addr, redis_tls_addr) = if b.redis {
             let server = proxy::start_redis_server(&b.redis_server).await?;
             let state = Arc::new(proxy::ProxyState {
                 key: key.clone(),
                 backend: server.addr,
                 counters: counters.clone(),
+                refuse_auths: refuse_auths.clone(),
             });
             let plain = bind(b.redis_port).await?;
             let tls_listener = bind(b.redis_tls_port).await?;
@@ -448,6 +451,7 @@ impl Emulator {
                     key: key.clone(),
                     backend: node.server.addr,
                     counters: counters.clone(),
+                    refuse_auths: refuse_auths.clone(),
                 });
                 tasks.push(tokio::spawn(proxy::serve(listener, None, state)));
             }
@@ -468,6 +472,7 @@ impl Emulator {
             remove_work_dir,
             http,
             counters,
+            refuse_auths,
             faults,
             tasks,
             _redis: redis,
@@ -631,6 +636,19 @@ impl Emulator {
     /// A snapshot of the counters.
     pub fn counters(&self) -> Counters {
         self.counters.snapshot()
+    }
+
+    /// Makes the Redis proxies refuse the next `n` `AUTH`s (and `HELLO … AUTH`s) with
+    /// `WRONGPASS`, however valid their token: a server-side refusal a client must retry.
+    /// Replaces any count still pending; `0` cancels.
+    pub fn refuse_next_auths(&self, n: u64) {
+        self.refuse_auths
+            .store(n, std::sync::atomic::Ordering::Release);
+    }
+
+    /// How many of the refusals asked by [`Self::refuse_next_auths`] are still to come.
+    pub fn auths_to_refuse(&self) -> u64 {
+        self.refuse_auths.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The fault queue: inject, list and clear faults.

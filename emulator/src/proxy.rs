@@ -122,6 +122,9 @@ pub(crate) struct ProxyState {
     pub(crate) key: RsaPublicKey,
     pub(crate) backend: SocketAddr,
     pub(crate) counters: Arc<CounterCells>,
+    /// `AUTH`s still to refuse with `WRONGPASS` however valid their token (shared by every
+    /// proxy of one emulator: [`crate::Emulator::refuse_next_auths`])
+    pub(crate) refuse_auths: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Accepts client connections forever.
@@ -519,6 +522,20 @@ impl<'a> Conn<'a> {
     /// `exp`.
     fn authenticate(&mut self, user: &[u8], token: &[u8]) -> bool {
         let c = &self.state.counters;
+        let refuse = self
+            .state
+            .refuse_auths
+            .fetch_update(
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+                |n| n.checked_sub(1),
+            )
+            .is_ok();
+        if refuse {
+            bump(&c.redis_auth_failed);
+            tracing::debug!("Redis AUTH refused on request (refuse_next_auths)");
+            return false;
+        }
         let result = match (std::str::from_utf8(user), std::str::from_utf8(token)) {
             (Ok(u), Ok(t)) => {
                 verify_redis_token(&self.state.key, u, t).map_err(|r| format!("{r:?}"))

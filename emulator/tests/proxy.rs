@@ -471,3 +471,22 @@ fn tls_proxy_authenticates_like_the_plain_one() {
     }
     assert_eq!(got, b"+OK\r\n+PONG\r\n");
 }
+
+#[test]
+fn refused_auths_get_wrongpass_then_valid_tokens_work_again() {
+    let emu = with_lifetime(60);
+    let oid = emu.default_oid().to_string();
+    let token = emu.redis_token();
+    let mut raw = Raw::connect(emu.redis_addr().unwrap());
+    emu.refuse_next_auths(2);
+    assert_eq!(raw.call(&["AUTH", &oid, &token]), WRONGPASS);
+    assert_eq!(emu.auths_to_refuse(), 1);
+    assert!(raw
+        .call(&["HELLO", "3", "AUTH", &oid, &token])
+        .starts_with("-WRONGPASS"));
+    assert_eq!(emu.auths_to_refuse(), 0);
+    assert_eq!(raw.call(&["AUTH", &oid, &token]), "+OK\r\n");
+    assert_eq!(raw.call(&["PING"]), "+PONG\r\n");
+    let counters = emu.counters();
+    assert_eq!((counters.redis_auth_failed, counters.redis_auth_ok), (2, 1));
+}
