@@ -16,7 +16,7 @@ use redis_entraid_core::identity::chain::DefaultChain;
 use redis_entraid_core::identity::TokenSource as Flow;
 use redis_entraid_emulator::{Emulator, Endpoint, Fault, FaultKind};
 use redis_entraid_tokio::http::ReqwestClient;
-use redis_entraid_tokio::redis_async::Resp2Subscriber;
+use redis_entraid_tokio::redis_async::{EntraClient, ManagerConfig, Resp2Subscriber};
 use redis_entraid_tokio::{Identity, Provider, Startup};
 use tokio::time::Instant;
 
@@ -118,16 +118,25 @@ fn report(name: &str, connections: usize, tally: &Tally) -> u64 {
     failed
 }
 
+fn entra_client(emu: &Emulator, provider: &Provider, resp3: bool) -> EntraClient {
+    EntraClient::new(
+        redis::Client::open(url(emu, resp3)).unwrap(),
+        provider.clone(),
+    )
+}
+
+fn connection_config() -> redis::AsyncConnectionConfig {
+    redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(5)))
+}
+
 async fn multiplexed(emu: &Emulator, provider: &Provider, tally: Arc<Tally>) {
-    let client = redis::Client::open(url(emu, false)).unwrap();
-    let config = redis::AsyncConnectionConfig::new()
-        .set_credentials_provider(provider.clone())
-        .set_response_timeout(Some(Duration::from_secs(5)));
+    let client = entra_client(emu, provider, false);
+    let config = connection_config();
     let mut connections = Vec::with_capacity(CONNECTIONS);
     for _ in 0..CONNECTIONS {
         connections.push(
             client
-                .get_multiplexed_async_connection_with_config(&config)
+                .get_multiplexed_connection_with_config(&config)
                 .await
                 .unwrap(),
         );
@@ -152,11 +161,10 @@ async fn multiplexed(emu: &Emulator, provider: &Provider, tally: Arc<Tally>) {
 }
 
 async fn manager(emu: &Emulator, provider: &Provider, tally: Arc<Tally>) {
-    let client = redis::Client::open(url(emu, false)).unwrap();
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_credentials_provider(provider.clone())
-        .set_response_timeout(Some(Duration::from_secs(5)));
-    let mut con = redis::aio::ConnectionManager::new_with_config(client, config)
+    let mut con = entra_client(emu, provider, false)
+        .get_connection_manager_with_config(
+            ManagerConfig::new().connection(connection_config()),
+        )
         .await
         .unwrap();
     let end = Instant::now() + RUN;
@@ -169,12 +177,8 @@ async fn manager(emu: &Emulator, provider: &Provider, tally: Arc<Tally>) {
 
 /// A publisher on its own connection; returns how many messages it published
 async fn publish(emu: &Emulator, provider: &Provider, channel: &str, tally: Arc<Tally>) -> u64 {
-    let client = redis::Client::open(url(emu, false)).unwrap();
-    let config = redis::AsyncConnectionConfig::new()
-        .set_credentials_provider(provider.clone())
-        .set_response_timeout(Some(Duration::from_secs(5)));
-    let mut con = client
-        .get_multiplexed_async_connection_with_config(&config)
+    let mut con = entra_client(emu, provider, false)
+        .get_multiplexed_connection_with_config(&connection_config())
         .await
         .unwrap();
     let end = Instant::now() + RUN;
@@ -189,14 +193,10 @@ async fn publish(emu: &Emulator, provider: &Provider, channel: &str, tally: Arc<
 }
 
 async fn resp3_pubsub(emu: &Emulator, provider: &Provider, tally: Arc<Tally>) -> (u64, u64) {
-    let client = redis::Client::open(url(emu, true)).unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let config = redis::AsyncConnectionConfig::new()
-        .set_credentials_provider(provider.clone())
-        .set_response_timeout(Some(Duration::from_secs(5)))
-        .set_push_sender(tx);
-    let mut con = client
-        .get_multiplexed_async_connection_with_config(&config)
+    let config = connection_config().set_push_sender(tx);
+    let mut con = entra_client(emu, provider, true)
+        .get_multiplexed_connection_with_config(&config)
         .await
         .unwrap();
     con.subscribe("resp3").await.unwrap();
@@ -406,6 +406,13 @@ async fn run_everything(faults: bool) {
     eprintln!("[{label}] resp2 subscriber: {p2} published, {s2} distinct received, {received2} received in all, {swaps} swaps");
     failed += report(&format!("[{label}] fred"), 1, &fr);
     failed += report(&format!("[{label}] cluster"), cluster_nodes, &cl);
+    let fan_out = provider.fan_out_reports();
+    for r in &fan_out {
+        eprintln!(
+            "[{label}] rotation to generation {}: {} connections re-authenticated, p50 {:?}, p99 {:?}, max {:?}, least margin left {:?}, {} retried AUTHs",
+            r.generation.0, r.connections, r.p50, r.p99, r.max, r.min_margin, r.failed_attempts
+        );
+    }
     counting.abort();
     printing.abort();
     assert_eq!(failed, 0, "failed commands");

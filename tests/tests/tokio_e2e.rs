@@ -1,6 +1,6 @@
 //! End to end on the tokio runtime: every identity flow through `Identity` (reqwest, tokio::fs),
-//! redis-rs multiplexed connections and a RESP3 subscriber that re-authenticate through
-//! `StreamingCredentialsProvider`, over real sockets and a real redis-server behind the
+//! redis-rs multiplexed connections and a RESP3 subscriber opened through `EntraClient`
+//! (re-authentication owned by this crate), over real sockets and a real redis-server behind the
 //! emulator's expiry-enforcing proxy
 //!
 //! Six-second tokens, 42 seconds, every identity flow at once. (The tokio crate's own
@@ -18,6 +18,7 @@ use redis_entraid_core::event::Event;
 use redis_entraid_emulator::{ClientCertificate, Emulator};
 use redis_entraid_tests::{e2e_config, flows, Flow, Report, SCENARIO_DURATION, TOKEN_LIFETIME};
 use redis_entraid_tokio::http::ReqwestClient;
+use redis_entraid_tokio::redis_async::EntraClient;
 use redis_entraid_tokio::{Identity, Provider, Startup};
 use tokio::time::Instant;
 
@@ -38,10 +39,11 @@ async fn run_flow(flow: Flow, emu: &Emulator, duration: Duration) -> (Report, u6
         .unwrap_or_else(|e| panic!("{}: {e}", flow.name));
     let mut events = provider.events();
     let addr = emu.redis_addr().expect("proxy address");
-    let redis_client = redis::Client::open(format!("redis://{addr}/?protocol=resp3")).unwrap();
-    let config = AsyncConnectionConfig::new()
-        .set_credentials_provider(provider.clone())
-        .set_response_timeout(Some(Duration::from_secs(5)));
+    let redis_client = EntraClient::new(
+        redis::Client::open(format!("redis://{addr}/?protocol=resp3")).unwrap(),
+        provider.clone(),
+    );
+    let config = AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(5)));
     let commands = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + duration;
@@ -60,7 +62,7 @@ async fn run_flow(flow: Flow, emu: &Emulator, duration: Duration) -> (Report, u6
                 Ok(())
             });
     let mut subscriber = redis_client
-        .get_multiplexed_async_connection_with_config(&sub_config)
+        .get_multiplexed_connection_with_config(&sub_config)
         .await
         .unwrap();
     subscriber.subscribe(&channel).await.unwrap();
@@ -68,7 +70,7 @@ async fn run_flow(flow: Flow, emu: &Emulator, duration: Duration) -> (Report, u6
     let mut tasks = Vec::new();
     for w in 0..CONNECTIONS {
         let mut conn = redis_client
-            .get_multiplexed_async_connection_with_config(&config)
+            .get_multiplexed_connection_with_config(&config)
             .await
             .unwrap();
         let (commands, failures) = (Arc::clone(&commands), Arc::clone(&failures));
