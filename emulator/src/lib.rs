@@ -403,12 +403,12 @@ impl Emulator {
         let refuse_auths = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (redis, redis_addr, redis_tls_addr) = if b.redis {
             let server = proxy::start_redis_server(&b.redis_server).await?;
-            let state = Arc::new(proxy::ProxyState {
-                key: key.clone(),
-                backend: server.addr,
-                counters: counters.clone(),
-                refuse_auths: refuse_auths.clone(),
-            });
+            let state = Arc::new(proxy::ProxyState::new(
+                key.clone(),
+                server.addr,
+                counters.clone(),
+                refuse_auths.clone(),
+            ));
             let plain = bind(b.redis_port).await?;
             let tls_listener = bind(b.redis_tls_port).await?;
             let addrs = (plain.local_addr()?, tls_listener.local_addr()?);
@@ -447,12 +447,12 @@ impl Emulator {
             let ports: Vec<u16> = cluster_addrs.iter().map(SocketAddr::port).collect();
             cluster_nodes = cluster::start_nodes(&b.redis_server, &work_dir, &ports).await?;
             for (listener, node) in listeners.into_iter().zip(&cluster_nodes) {
-                let state = Arc::new(proxy::ProxyState {
-                    key: key.clone(),
-                    backend: node.server.addr,
-                    counters: counters.clone(),
-                    refuse_auths: refuse_auths.clone(),
-                });
+                let state = Arc::new(proxy::ProxyState::new(
+                    key.clone(),
+                    node.server.addr,
+                    counters.clone(),
+                    refuse_auths.clone(),
+                ));
                 tasks.push(tokio::spawn(proxy::serve(listener, None, state)));
             }
         }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+use redis::{
+    AsyncConnectionConfig, Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, Value,
+};
 use redis_entraid_core::event::Generation;
 use redis_entraid_core::token::Credentials;
 use tokio::task::JoinHandle;
@@ -87,8 +89,15 @@ impl EntraClient {
         let weak = self.provider.downgrade();
         let (generation, credentials, expires_at) =
             usable_credentials(&weak, None, CREDENTIALS_WAIT).await?;
-        EntraConnection::open(&self.client, config, weak, generation, &credentials, expires_at)
-            .await
+        EntraConnection::open(
+            &self.client,
+            config,
+            weak,
+            generation,
+            &credentials,
+            expires_at,
+        )
+        .await
     }
 
     /// A connection manager: a multiplexed connection that reconnects whenever it is lost,
@@ -143,9 +152,7 @@ pub(crate) async fn usable_credentials(
         Err(_) => Err(RedisError::from((
             ErrorKind::AuthenticationFailed,
             "no usable Entra ID token",
-            format!(
-                "none arrived within {wait:?}; see the provider's last_error() and events()"
-            ),
+            format!("none arrived within {wait:?}; see the provider's last_error() and events()"),
         ))),
     }
 }

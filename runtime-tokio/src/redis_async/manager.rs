@@ -11,7 +11,9 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use redis::aio::ConnectionLike;
-use redis::{AsyncConnectionConfig, Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+use redis::{
+    AsyncConnectionConfig, Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, Value,
+};
 use redis_entraid_core::backoff::Backoff;
 use redis_entraid_core::config::RetryPolicy;
 use redis_entraid_core::event::Generation;
@@ -155,9 +157,8 @@ impl EntraConnectionManager {
 
     fn after(&self, epoch: u64, result: &RedisResult<impl Sized>) {
         let Err(error) = result else { return };
-        let lost = is_gone(error)
-            || error.is_unrecoverable_error()
-            || error.code() == Some("NOAUTH");
+        let lost =
+            is_gone(error) || error.is_unrecoverable_error() || error.code() == Some("NOAUTH");
         if !lost {
             return;
         }
@@ -296,6 +297,11 @@ impl ConnectionLike for EntraConnectionManager {
     }
 
     fn get_db(&self) -> i64 {
-        self.inner.client.client().get_connection_info().redis_settings().db()
+        self.inner
+            .client
+            .client()
+            .get_connection_info()
+            .redis_settings()
+            .db()
     }
 }

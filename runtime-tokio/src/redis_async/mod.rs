@@ -44,8 +44,8 @@ mod reauth;
 mod resp2;
 
 pub use connection::{EntraClient, EntraConnection};
-pub use fan_out::FanOutReport;
 pub(crate) use fan_out::FanOutLog;
+pub use fan_out::FanOutReport;
 pub use manager::{EntraConnectionManager, ManagerConfig};
 pub use resp2::Resp2Subscriber;
 
@@ -179,4 +179,3 @@ pub fn report_error(provider: &Provider, error: &RedisError) -> bool {
     );
     true
 }
-

@@ -71,7 +71,9 @@ pub(crate) fn is_gone(error: &RedisError) -> bool {
 /// What a failed `AUTH` means to the provider
 pub(crate) fn reauth_error(error: &RedisError) -> ReauthError {
     match error.code() {
-        Some("WRONGPASS") => ReauthError::new(ReauthErrorKind::WrongPass, "Redis answered WRONGPASS"),
+        Some("WRONGPASS") => {
+            ReauthError::new(ReauthErrorKind::WrongPass, "Redis answered WRONGPASS")
+        }
         Some("NOAUTH") => ReauthError::new(ReauthErrorKind::NoAuth, "Redis answered NOAUTH"),
         Some(code) => ReauthError::new(ReauthErrorKind::Other, format!("Redis answered {code}")),
         None if error.is_timeout() => {
@@ -84,7 +86,10 @@ pub(crate) fn reauth_error(error: &RedisError) -> ReauthError {
     }
 }
 
-async fn auth(con: &mut MultiplexedConnection, credentials: &Credentials) -> Result<(), RedisError> {
+async fn auth(
+    con: &mut MultiplexedConnection,
+    credentials: &Credentials,
+) -> Result<(), RedisError> {
     redis::cmd("AUTH")
         .arg(credentials.username())
         .arg(credentials.password().expose_secret())
@@ -122,14 +127,22 @@ pub(crate) async fn run(mut con: MultiplexedConnection, provider: WeakProvider, 
         };
         let mut failures = 0u32;
         loop {
-            let outcome = tokio::time::timeout(AUTH_TIMEOUT, auth(&mut con, &offer.credentials)).await;
+            let outcome =
+                tokio::time::timeout(AUTH_TIMEOUT, auth(&mut con, &offer.credentials)).await;
             let error = match outcome {
                 Ok(Ok(())) => {
                     let at = now();
                     let latency = offer.received.map(|r| at.saturating_duration_since(r));
                     let margin = held.expires_at.map(|e| e.saturating_duration_since(at));
-                    provider.fan_out.record_ok(offer.generation, latency.unwrap_or_default(), margin);
-                    tracing::trace!(generation = offer.generation.0, "connection re-authenticated");
+                    provider.fan_out.record_ok(
+                        offer.generation,
+                        latency.unwrap_or_default(),
+                        margin,
+                    );
+                    tracing::trace!(
+                        generation = offer.generation.0,
+                        "connection re-authenticated"
+                    );
                     held = Held {
                         generation: offer.generation,
                         expires_at: offer.expires_at,
