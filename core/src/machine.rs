@@ -219,8 +219,9 @@ impl TokenManager {
     /// How connections took the credentials of `generation`
     ///
     /// A rejection of the credentials themselves (`WRONGPASS`, `NOAUTH`) leads to a fresh
-    /// fetch, no sooner than the minimum refresh interval after the last one. Returns `false`
-    /// for a generation that is no longer current.
+    /// fetch, no sooner than the minimum refresh interval after the last one, and during a
+    /// failure streak no sooner than the planned retry. Returns `false` for a generation that
+    /// is no longer current.
     pub fn handle_reauth_result(
         &mut self,
         generation: Generation,
@@ -245,6 +246,8 @@ impl TokenManager {
 
     /// Fetch a new token as soon as allowed: now, or the minimum refresh interval after the
     /// previous fetch started. Coalesces with a fetch already in flight or planned sooner.
+    /// During a failure streak the planned retry stands: the backoff and any `Retry-After`
+    /// still apply.
     pub fn refresh_now(&mut self, now: Instant) {
         self.update_now(now);
         if !self.stopped {
@@ -314,7 +317,11 @@ impl TokenManager {
     }
 
     fn schedule_refresh_soon(&mut self) {
-        if self.in_flight.is_some() {
+        // A retry is planned only during a failure streak: its backoff (or the provider's
+        // `Retry-After`) already decided when the next request may go out, and a refresh request
+        // (a `WRONGPASS`, `refresh_now`) must not move it earlier, or every refused reconnect
+        // during an outage would become one more request to a provider that asked us to wait.
+        if self.in_flight.is_some() || self.timers.get(TimerKind::Retry).is_some() {
             return;
         }
         let earliest = self

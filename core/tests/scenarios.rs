@@ -756,6 +756,51 @@ fn refresh_now_coalesces_and_respects_the_min_interval() {
     assert_eq!(h.fetches, vec![secs(0), secs(10), secs(23)]);
 }
 
+#[test]
+fn refresh_requests_during_a_failure_streak_wait_for_the_planned_retry() {
+    // A one-hour token, then the provider is down from its first refresh (2520 s) until 2700 s
+    // and throttles with Retry-After; meanwhile every reconnect is refused (WRONGPASS) and the
+    // application calls refresh_now. None of that may add a token request.
+    let outage = |with_requests: bool| {
+        let config = Config::builder().rng_seed(99).build().unwrap();
+        let mut h = Harness::new(epoch(), config, |ctx| {
+            if ctx.index == 0 || ctx.elapsed >= secs(2700) {
+                tok(HOUR)
+            } else if ctx.index % 3 == 0 {
+                fail(
+                    ResponseError::new("throttled", true)
+                        .with_status(429)
+                        .with_retry_after(secs(20)),
+                )
+            } else {
+                fail(unavailable())
+            }
+        });
+        h.run_for(secs(2500));
+        for _ in 0..2000 {
+            h.run_for(Duration::from_millis(200));
+            let retrying = matches!(h.machine.status(), Status::Retrying { .. });
+            if with_requests && retrying {
+                let now = h.now;
+                let rejected = ReauthError::new(ReauthErrorKind::WrongPass, "WRONGPASS");
+                h.machine
+                    .handle_reauth_result(Generation(1), Err(rejected), now);
+                h.machine.refresh_now(now);
+                h.drain();
+            }
+        }
+        h.run_for(secs(600));
+        let rejections = h.count_events(|e| matches!(e, Event::ReauthFailed { .. }));
+        (h.fetches, rejections)
+    };
+    let (quiet, no_rejections) = outage(false);
+    let (busy, rejections) = outage(true);
+    assert_eq!(no_rejections, 0);
+    assert!(rejections > 500, "the refusals were fed: {rejections}");
+    assert!(quiet.len() > 5, "the outage had a failure streak: {quiet:?}");
+    assert_eq!(busy, quiet, "same token requests, at the same instants");
+}
+
 // ----- time -------------------------------------------------------------------------------
 
 #[test]
