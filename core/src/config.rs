@@ -15,6 +15,7 @@
 //! | retry: max delay | 30 s | initial delay ..= 1 h |
 //! | retry: jitter | ±20 % | 0 ..= 0.9 |
 //! | request timeout | 10 s, never past the token's remaining validity | 1 ms ..= 10 min |
+//! | jitter seed | unset: each runtime draws one from the OS per provider; core alone falls back to [`FALLBACK_RNG_SEED`] | any `u64` |
 
 use std::fmt;
 use std::sync::Arc;
@@ -29,6 +30,13 @@ const MAX_MIN_INTERVAL: Duration = Duration::from_secs(60 * 60);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60 * 60);
 const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 const ONE_MS: Duration = Duration::from_millis(1);
+
+/// The jitter seed of a [`Config`] whose seed was never set, neither by the user
+/// ([`ConfigBuilder::rng_seed`]) nor by a runtime ([`Config::with_seed_if_unset`])
+///
+/// Every process using it jitters identically, so a fleet would retry in lockstep: the
+/// runtimes never leave the seed unset. It exists so the core stays deterministic on its own.
+pub const FALLBACK_RNG_SEED: u64 = 0x005e_ed0f_e17a;
 
 /// Decides which fetch errors are retried quickly, overriding each flow's own classification
 pub type RetryPredicate = Arc<dyn Fn(&FetchError) -> bool + Send + Sync>;
@@ -362,7 +370,7 @@ pub struct Config {
     retry: RetryPolicy,
     request_timeout: Duration,
     username_override: Option<String>,
-    rng_seed: u64,
+    rng_seed: Option<u64>,
 }
 
 impl Config {
@@ -393,9 +401,38 @@ impl Config {
         self.username_override.as_deref()
     }
 
-    /// Seed of the jitter generator; the same seed and inputs give the same actions
-    pub fn rng_seed(&self) -> u64 {
+    /// The seed set for the jitter generator, if any; `None` means the machine would use
+    /// [`FALLBACK_RNG_SEED`]. The same seed and inputs give the same actions.
+    pub fn rng_seed(&self) -> Option<u64> {
         self.rng_seed
+    }
+
+    /// The seed the machine's jitter generator starts from: the one set, else
+    /// [`FALLBACK_RNG_SEED`]
+    ///
+    /// Both the retry jitter and the refresh jitter are drawn from this one generator.
+    pub fn effective_rng_seed(&self) -> u64 {
+        self.rng_seed.unwrap_or(FALLBACK_RNG_SEED)
+    }
+
+    /// This configuration with `seed` as its jitter seed, unless one was set already
+    ///
+    /// Runtimes call it with fresh OS entropy when they build a provider, so the processes of
+    /// a fleet do not retry and refresh in lockstep, while an explicit seed (tests,
+    /// reproductions) is kept.
+    ///
+    /// ```
+    /// use redis_entraid_core::config::Config;
+    ///
+    /// assert_eq!(Config::default().with_seed_if_unset(7).rng_seed(), Some(7));
+    /// let pinned = Config::builder().rng_seed(1).build()?;
+    /// assert_eq!(pinned.with_seed_if_unset(7).rng_seed(), Some(1));
+    /// # Ok::<(), redis_entraid_core::error::ConfigError>(())
+    /// ```
+    #[must_use]
+    pub fn with_seed_if_unset(mut self, seed: u64) -> Self {
+        self.rng_seed.get_or_insert(seed);
+        self
     }
 }
 
@@ -406,7 +443,7 @@ impl Default for Config {
             retry: RetryPolicy::default(),
             request_timeout: Duration::from_secs(10),
             username_override: None,
-            rng_seed: 0x005e_ed0f_e17a,
+            rng_seed: None,
         }
     }
 }
@@ -442,9 +479,10 @@ impl ConfigBuilder {
         self
     }
 
-    /// Seeds the jitter generator (runtimes pass a random seed; tests pass a fixed one)
+    /// Seeds the jitter generator with a fixed seed (tests, reproductions); left unset,
+    /// the runtimes draw a random seed per provider from the OS
     pub fn rng_seed(mut self, seed: u64) -> Self {
-        self.config.rng_seed = seed;
+        self.config.rng_seed = Some(seed);
         self
     }
 
@@ -491,6 +529,8 @@ mod tests {
         assert_eq!(c.retry().jitter(), 0.2);
         assert_eq!(c.request_timeout(), Duration::from_secs(10));
         assert_eq!(c.username_override(), None);
+        assert_eq!(c.rng_seed(), None, "unset, so runtimes seed it per process");
+        assert_eq!(c.effective_rng_seed(), FALLBACK_RNG_SEED);
         assert_eq!(
             Config::builder().build().unwrap(),
             c,

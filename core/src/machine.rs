@@ -84,7 +84,7 @@ impl TokenManager {
     /// returns [`Action::FetchToken`]
     pub fn new(config: Config, now: Instant) -> Self {
         let mut machine = Self {
-            backoff: Backoff::new(config.rng_seed()),
+            backoff: Backoff::new(config.effective_rng_seed()),
             config,
             now,
             timers: TimerTable::default(),

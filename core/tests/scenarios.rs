@@ -797,7 +797,10 @@ fn refresh_requests_during_a_failure_streak_wait_for_the_planned_retry() {
     let (busy, rejections) = outage(true);
     assert_eq!(no_rejections, 0);
     assert!(rejections > 500, "the refusals were fed: {rejections}");
-    assert!(quiet.len() > 5, "the outage had a failure streak: {quiet:?}");
+    assert!(
+        quiet.len() > 5,
+        "the outage had a failure streak: {quiet:?}"
+    );
     assert_eq!(busy, quiet, "same token requests, at the same instants");
 }
 
@@ -972,6 +975,40 @@ fn same_seed_and_inputs_give_the_same_action_trace() {
         h.normalized_trace()
     };
     assert_eq!(run(), run());
+}
+
+#[test]
+fn unseeded_configs_jitter_by_their_entropy_and_explicit_seeds_win() {
+    // Retry jitter (default ±20 %) and refresh jitter both come from the seeded generator.
+    let jittered =
+        || Config::builder().refresh(RefreshPolicy::builder().jitter(0.3).build().unwrap());
+    let fetches = |config: Config| {
+        let mut h = Harness::new(epoch(), config, |ctx| {
+            if ctx.index % 4 == 3 {
+                tok(HOUR)
+            } else {
+                fail(unavailable())
+            }
+        });
+        h.run_for(secs(4 * 3600));
+        h.fetches
+    };
+    let unseeded = || jittered().build().unwrap();
+    assert_eq!(unseeded().rng_seed(), None);
+    let a = fetches(unseeded().with_seed_if_unset(1));
+    let b = fetches(unseeded().with_seed_if_unset(2));
+    assert_ne!(
+        a[1], b[1],
+        "different processes retry at different instants"
+    );
+    assert_ne!(a[4], b[4], "and refresh at different instants");
+    assert_eq!(a, fetches(unseeded().with_seed_if_unset(1)));
+    let pinned = || jittered().rng_seed(7).build().unwrap();
+    assert_eq!(
+        fetches(pinned().with_seed_if_unset(1)),
+        fetches(pinned().with_seed_if_unset(2)),
+        "an explicit seed is kept, whatever the entropy"
+    );
 }
 
 #[test]
