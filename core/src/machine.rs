@@ -72,11 +72,25 @@ fn clamp_seconds(seconds: i64) -> Duration {
     Duration::from_secs(u64::try_from(seconds).unwrap_or(0).min(max))
 }
 
-fn unix_seconds(wall: SystemTime) -> i64 {
+const NANOS_PER_SEC: i128 = 1_000_000_000;
+
+fn nanos(d: Duration) -> i128 {
+    i128::try_from(d.as_nanos()).unwrap_or(i128::MAX)
+}
+
+/// Nanoseconds since the Unix epoch, sub-second part included (negative before the epoch)
+fn unix_nanos(wall: SystemTime) -> i128 {
     match wall.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        Err(e) => i64::try_from(e.duration().as_secs()).map_or(i64::MIN, |s| -s),
+        Ok(d) => nanos(d),
+        Err(e) => nanos(e.duration()).saturating_neg(),
     }
+}
+
+/// A lifetime in nanoseconds from now, clamped to 0 ..= [`MAX_TOKEN_LIFETIME`]
+fn clamp_nanos(offset: i128) -> Duration {
+    let max = nanos(MAX_TOKEN_LIFETIME);
+    let clamped = u64::try_from(offset.clamp(0, max)).unwrap_or(u64::MAX);
+    Duration::from_nanos(clamped).min(MAX_TOKEN_LIFETIME)
 }
 
 impl TokenManager {
@@ -346,22 +360,35 @@ impl TokenManager {
             Some(name) => name.to_owned(),
             None => claims.require_oid()?.to_owned(),
         };
-        let wall_now = unix_seconds(wall);
-        // Relative lifetimes count from when the request was sent (conservative); absolute
-        // ones from the wall time at receipt. The earliest wins: the server enforces it.
-        let relative = response.expires_in.map(|s| add(sent_at, clamp_seconds(s)));
+        // Every lifetime is a signed offset in nanoseconds from now (receipt); the earliest
+        // wins, because the server enforces it.
+        let latency = nanos(self.now.saturating_duration_since(sent_at));
+        // A relative lifetime counts from when the request was sent, and one second less than
+        // it says: the server computes `exp` as floor(issue time) + lifetime, so "lifetime
+        // seconds after the send" can end up to 1 s after `exp` when the request went out in
+        // the same second as the issue.
+        let relative = response
+            .expires_in
+            .map(|s| nanos(clamp_seconds(s.saturating_sub(1))).saturating_sub(latency));
+        // An absolute one counts from the wall clock at receipt, with its sub-second part.
+        let wall_now = unix_nanos(wall);
         let absolute = [response.expires_on, claims.exp]
             .into_iter()
             .flatten()
-            .map(|at| add(self.now, clamp_seconds(at.saturating_sub(wall_now))))
+            .map(|at| {
+                i128::from(at)
+                    .saturating_mul(NANOS_PER_SEC)
+                    .saturating_sub(wall_now)
+            })
             .min();
-        let expires_at = match (relative, absolute) {
+        let remaining = match (relative, absolute) {
             (Some(a), Some(b)) => a.min(b),
             (a, b) => a.or(b).ok_or(FetchError::NoLifetime)?,
         };
-        if expires_at <= self.now {
+        if remaining <= 0 {
             return Err(FetchError::AlreadyExpired);
         }
+        let expires_at = add(self.now, clamp_nanos(remaining));
         let refresh_hint = response.refresh_in.map(|s| add(sent_at, clamp_seconds(s)));
         Ok(Accepted {
             credentials: Credentials::new(username, response.access_token),

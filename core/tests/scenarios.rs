@@ -27,10 +27,15 @@ fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
-/// A token answered with no latency, so times are exact
+/// A token the machine believes valid for exactly `ttl` seconds, answered with no latency so
+/// times are exact
+///
+/// The provider says `ttl + 1`: an integer `expires_in` is counted one second short (see
+/// `integer_expires_in_is_counted_one_second_short`), and the JWT `exp` it also carries is
+/// later than that.
 fn tok(ttl: i64) -> Reply {
     Reply::Token {
-        ttl,
+        ttl: ttl.saturating_add(1),
         latency: Duration::ZERO,
     }
 }
@@ -201,7 +206,7 @@ fn refresh_in_hint_later_than_the_ratio_point_is_ignored() {
         default_exact(),
         sequence(vec![Reply::Response {
             response: TokenResponse::new(unsigned_token(r#"{"oid":"o"}"#))
-                .with_expires_in(3600)
+                .with_expires_in(3601)
                 .with_refresh_in(3500),
             latency: Duration::ZERO,
         }]),
@@ -266,6 +271,72 @@ fn earliest_of_expires_in_expires_on_and_exp_wins() {
     }
 }
 
+/// Answers the fetch in flight with `response` at `elapsed` after the start, the simulated
+/// wall clock then reading `WALL_START + elapsed + h.wall_skew`
+fn answer_at(h: &mut Harness, elapsed: Duration, response: TokenResponse) {
+    h.now = h.start + elapsed;
+    let (wall, now) = (h.wall(), h.now);
+    assert!(h
+        .machine
+        .handle_response(RequestId(1), Ok(response), wall, now));
+    h.drain();
+}
+
+fn expires_in_after_start(h: &Harness) -> Duration {
+    match h.machine.status() {
+        Status::Valid { expires_at, .. } => expires_at - h.start,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn absolute_expiry_counts_the_wall_clocks_fraction() {
+    // Received at wall WALL_START + 0.9 s: expires_on 1200 s after WALL_START is 1199.1 s away
+    // (1200 s after the start), not the 1200 s a wall clock truncated to whole seconds says.
+    for (expires_on, exp) in [(Some(1200), None), (None, Some(1200))] {
+        let mut h = Harness::new(epoch(), default_exact(), |_| Reply::Hang);
+        let claims = match exp {
+            Some(exp) => format!(r#"{{"oid":"o","exp":{}}}"#, WALL_START as i64 + exp),
+            None => r#"{"oid":"o"}"#.to_owned(),
+        };
+        let mut response = TokenResponse::new(unsigned_token(&claims));
+        if let Some(on) = expires_on {
+            response = response.with_expires_on(WALL_START as i64 + on);
+        }
+        answer_at(&mut h, Duration::from_millis(900), response);
+        assert_eq!(expires_in_after_start(&h), secs(1200));
+        assert_eq!(
+            h.machine.poll_timeout().map(|at| at - h.now),
+            Some(Duration::from_millis(839_370)),
+            "refresh 0.7 * 1199.1 s after receipt"
+        );
+    }
+}
+
+#[test]
+fn integer_expires_in_is_counted_one_second_short() {
+    // The server's exp is floor(issue) + lifetime, so "lifetime seconds after the send" may be
+    // up to 1 s late when the request left in the second the token was issued.
+    let mut h = Harness::new(epoch(), default_exact(), |_| Reply::Hang);
+    let response = TokenResponse::new(unsigned_token(r#"{"oid":"o"}"#)).with_expires_in(3600);
+    answer_at(&mut h, Duration::from_millis(300), response);
+    assert_eq!(expires_in_after_start(&h), secs(3599));
+    // Saturating: a 1 s lifetime is no lifetime at all.
+    let mut h = Harness::new(epoch(), default_exact(), |_| Reply::Hang);
+    let response = TokenResponse::new(unsigned_token(r#"{"oid":"o"}"#)).with_expires_in(1);
+    answer_at(&mut h, Duration::ZERO, response);
+    assert_eq!(
+        h.count_events(|e| matches!(
+            e,
+            Event::FetchFailed {
+                error: FetchError::AlreadyExpired,
+                ..
+            }
+        )),
+        1
+    );
+}
+
 #[test]
 fn relative_lifetime_counts_from_when_the_request_was_sent() {
     let mut h = Harness::new(
@@ -278,7 +349,8 @@ fn relative_lifetime_counts_from_when_the_request_was_sent() {
     );
     h.run_for(secs(3));
     match h.machine.status() {
-        Status::Valid { expires_at, .. } => assert_eq!(expires_at - h.start, secs(3600)),
+        // One second short, counted from the send at 0 (not from the receipt at 2 s).
+        Status::Valid { expires_at, .. } => assert_eq!(expires_at - h.start, secs(3599)),
         other => panic!("{other:?}"),
     }
 }
@@ -642,7 +714,8 @@ fn same_token_returned_is_not_pushed_to_connections() {
         h.mint(86_400)
     };
     let mut h = Harness::new(epoch(), default_exact(), move |_| Reply::Response {
-        response: response.clone().with_expires_in(86_400),
+        // 86 400 s as the machine counts it (one second short)
+        response: response.clone().with_expires_in(86_401),
         latency: Duration::ZERO,
     });
     h.run_for(secs(80_000));
