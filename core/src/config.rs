@@ -15,6 +15,7 @@
 //! | retry: max delay | 30 s | initial delay ..= 1 h |
 //! | retry: jitter | ±20 % | 0 ..= 0.9 |
 //! | request timeout | 10 s, never past the token's remaining validity | 1 ms ..= 10 min |
+//! | clock skew tolerance | 5 min (see [`ConfigBuilder::clock_skew_tolerance`]) | 1 s ..= 30 days |
 //! | jitter seed | unset: each runtime draws one from the OS per provider; core alone falls back to [`FALLBACK_RNG_SEED`] | any `u64` |
 
 use std::fmt;
@@ -370,6 +371,7 @@ pub struct Config {
     retry: RetryPolicy,
     request_timeout: Duration,
     username_override: Option<String>,
+    clock_skew_tolerance: Duration,
     rng_seed: Option<u64>,
 }
 
@@ -399,6 +401,12 @@ impl Config {
     /// A Redis username to use instead of the token's `oid`
     pub fn username_override(&self) -> Option<&str> {
         self.username_override.as_deref()
+    }
+
+    /// How far an absolute expiry may fall short of the relative lifetime before it is put down
+    /// to a skewed host clock (see [`ConfigBuilder::clock_skew_tolerance`])
+    pub fn clock_skew_tolerance(&self) -> Duration {
+        self.clock_skew_tolerance
     }
 
     /// The seed set for the jitter generator, if any; `None` means the machine would use
@@ -443,6 +451,7 @@ impl Default for Config {
             retry: RetryPolicy::default(),
             request_timeout: Duration::from_secs(10),
             username_override: None,
+            clock_skew_tolerance: Duration::from_secs(5 * 60),
             rng_seed: None,
         }
     }
@@ -479,6 +488,33 @@ impl ConfigBuilder {
         self
     }
 
+    /// How far the host's wall clock may be off before the machine stops trusting it,
+    /// 1 s ..= 30 days (default 5 min)
+    ///
+    /// Absolute expiries (`expires_on`, the JWT `exp`) are converted with a wall clock. When the
+    /// response carries a `Date` header the server's clock is used and this setting only decides
+    /// when a [`ClockSkew`](crate::event::Event::ClockSkew) is reported. Without one, the host
+    /// clock is used, and when a relative `expires_in` is also present an absolute expiry may
+    /// shorten it only while it falls short by at most this much: beyond it the host clock is
+    /// taken to be ahead (a host one hour ahead would otherwise see every one-hour token as
+    /// already expired, while Redis, which checks with its own clock, accepts them), the
+    /// relative lifetime is trusted and the skew is reported.
+    ///
+    /// Why 5 minutes: it is the margin the Azure SDKs already build in (MSAL treats a token
+    /// with less than 5 min left as expired, Azure Identity refreshes 300 s early) and the
+    /// usual JWT clock-skew allowance, far above the drift of a time-synced host and above the
+    /// 1 s rounding of integer lifetimes, yet well under the lifetimes that matter (1 h Entra
+    /// tokens, 24 h managed-identity tokens). The cost of a large value is that a host clock
+    /// ahead by less than it shortens every lifetime by that much; the cost of a small value
+    /// is trusting an `expires_in` that an endpoint serving a cached token reports from
+    /// issuance (the IMDS definition allows it) when that endpoint also sends no `Date`.
+    /// IMDS answers carry `Date`, so there the server clock decides and this risk is moot.
+    /// Set it to 30 days to always take the earliest lifetime.
+    pub fn clock_skew_tolerance(mut self, tolerance: Duration) -> Self {
+        self.config.clock_skew_tolerance = tolerance;
+        self
+    }
+
     /// Seeds the jitter generator with a fixed seed (tests, reproductions); left unset,
     /// the runtimes draw a random seed per provider from the OS
     pub fn rng_seed(mut self, seed: u64) -> Self {
@@ -489,14 +525,26 @@ impl ConfigBuilder {
     /// Validates the configuration
     ///
     /// # Errors
-    /// [`ConfigError`] when the request timeout is outside 1 ms ..= 10 min or the username
-    /// override is empty or holds whitespace (Redis usernames cannot).
+    /// [`ConfigError`] when the request timeout is outside 1 ms ..= 10 min, the clock skew
+    /// tolerance outside 1 s ..= 30 days, or the username override is empty or holds
+    /// whitespace (Redis usernames cannot).
     pub fn build(self) -> Result<Config, ConfigError> {
         let c = self.config;
         if c.request_timeout < ONE_MS || c.request_timeout > MAX_REQUEST_TIMEOUT {
             return Err(ConfigError::new(
                 "request timeout",
                 format!("{:?} is outside 1ms ..= 10min", c.request_timeout),
+            ));
+        }
+        if c.clock_skew_tolerance < Duration::from_secs(1)
+            || c.clock_skew_tolerance > MAX_TOKEN_LIFETIME
+        {
+            return Err(ConfigError::new(
+                "clock skew tolerance",
+                format!(
+                    "{:?} is outside 1s ..= 30 days; 5 minutes suits time-synced hosts",
+                    c.clock_skew_tolerance
+                ),
             ));
         }
         if let Some(name) = &c.username_override {
@@ -529,6 +577,7 @@ mod tests {
         assert_eq!(c.retry().jitter(), 0.2);
         assert_eq!(c.request_timeout(), Duration::from_secs(10));
         assert_eq!(c.username_override(), None);
+        assert_eq!(c.clock_skew_tolerance(), Duration::from_secs(300));
         assert_eq!(c.rng_seed(), None, "unset, so runtimes seed it per process");
         assert_eq!(c.effective_rng_seed(), FALLBACK_RNG_SEED);
         assert_eq!(
@@ -638,6 +687,20 @@ mod tests {
                     .build()
                     .map(drop),
                 "request timeout",
+            ),
+            (
+                Config::builder()
+                    .clock_skew_tolerance(Duration::from_millis(999))
+                    .build()
+                    .map(drop),
+                "clock skew tolerance",
+            ),
+            (
+                Config::builder()
+                    .clock_skew_tolerance(MAX_TOKEN_LIFETIME + Duration::from_secs(1))
+                    .build()
+                    .map(drop),
+                "clock skew tolerance",
             ),
             (
                 Config::builder().username_override("").build().map(drop),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::backoff::Backoff;
 use crate::config::{Config, MAX_TOKEN_LIFETIME};
 use crate::error::{FetchError, ReauthError};
-use crate::event::{Action, Event, Generation, RequestId, Status, TimerKind};
+use crate::event::{Action, Event, Generation, RequestId, SkewEvidence, Status, TimerKind};
 use crate::jwt;
 use crate::timer::TimerTable;
 use crate::token::{Credentials, TokenResponse};
@@ -209,7 +209,10 @@ impl TokenManager {
     /// The outcome of the request `id`: a token, or why there is none
     ///
     /// `wall` is the wall-clock time at receipt; it only converts absolute expiries
-    /// (`expires_on`, JWT `exp`) into monotonic deadlines. Returns `false` (and changes nothing)
+    /// (`expires_on`, JWT `exp`) into monotonic deadlines, and only when the response has no
+    /// [`server_date`](TokenResponse::server_date): the server's clock is preferred, and a host
+    /// clock off by more than [`Config::clock_skew_tolerance`] is reported as
+    /// [`Event::ClockSkew`] and never shortens a relative `expires_in`. Returns `false` (and changes nothing)
     /// when `id` is not the request in flight: a late answer after a timeout, or after shutdown.
     pub fn handle_response(
         &mut self,
@@ -360,9 +363,11 @@ impl TokenManager {
             Some(name) => name.to_owned(),
             None => claims.require_oid()?.to_owned(),
         };
-        // Every lifetime is a signed offset in nanoseconds from now (receipt); the earliest
-        // wins, because the server enforces it.
+        // Every lifetime is a signed offset in nanoseconds from now (receipt); the earliest one
+        // that can be trusted wins, because the server enforces it.
         let latency = nanos(self.now.saturating_duration_since(sent_at));
+        let tolerance = nanos(self.config.clock_skew_tolerance());
+        let max = nanos(MAX_TOKEN_LIFETIME);
         // A relative lifetime counts from when the request was sent, and one second less than
         // it says: the server computes `exp` as floor(issue time) + lifetime, so "lifetime
         // seconds after the send" can end up to 1 s after `exp` when the request went out in
@@ -370,21 +375,59 @@ impl TokenManager {
         let relative = response
             .expires_in
             .map(|s| nanos(clamp_seconds(s.saturating_sub(1))).saturating_sub(latency));
-        // An absolute one counts from the wall clock at receipt, with its sub-second part.
-        let wall_now = unix_nanos(wall);
-        let absolute = [response.expires_on, claims.exp]
-            .into_iter()
-            .flatten()
-            .map(|at| {
-                i128::from(at)
-                    .saturating_mul(NANOS_PER_SEC)
-                    .saturating_sub(wall_now)
+        let host_now = unix_nanos(wall);
+        // The server's clock, unless its Date predates the token's own issue time by more than
+        // the tolerance (then it cannot be the issuer's clock).
+        let server_date = response.server_date.map(unix_nanos).filter(|date| {
+            claims.iat.is_none_or(|iat| {
+                date.saturating_add(tolerance) >= i128::from(iat).saturating_mul(NANOS_PER_SEC)
             })
-            .min();
-        let remaining = match (relative, absolute) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => a.or(b).ok_or(FetchError::NoLifetime)?,
+        });
+        // Absolute values need the server's clock at receipt. The Date header was stamped (in
+        // whole seconds, rounded down) somewhere between the send and now, so the server's
+        // clock now reads less than Date + 1 s + latency: that bound never overestimates a
+        // lifetime. Without a Date, the host's wall clock, sub-second part included.
+        let reference = match server_date {
+            Some(date) => date.saturating_add(NANOS_PER_SEC).saturating_add(latency),
+            None => host_now,
         };
+        // Host clock minus server clock, when it exceeds the tolerance (positive: ahead).
+        let mut skew = server_date
+            .map(|date| (host_now.saturating_sub(date), SkewEvidence::ServerDate))
+            .filter(|(by, _)| by.abs() > tolerance);
+        let mut remaining = relative;
+        for at in [response.expires_on, claims.exp].into_iter().flatten() {
+            let absolute = i128::from(at)
+                .saturating_mul(NANOS_PER_SEC)
+                .saturating_sub(reference)
+                .clamp(-max, max);
+            if let (Some(relative), None) = (relative, server_date) {
+                // Read with the host clock, an absolute value may shorten the relative lifetime
+                // only while they agree within the tolerance; falling further short means the
+                // host clock is ahead (or `expires_in` is stale, the lesser risk: Redis rejects
+                // an expired token and that triggers a refresh), so the relative one is kept.
+                let shortfall = relative.saturating_sub(absolute);
+                if shortfall.abs() > tolerance
+                    && skew.is_none_or(|(by, _)| by.abs() < shortfall.abs())
+                {
+                    skew = Some((shortfall, SkewEvidence::Lifetimes));
+                }
+                if shortfall > tolerance {
+                    continue;
+                }
+            }
+            remaining = Some(remaining.map_or(absolute, |r| r.min(absolute)));
+        }
+        if let Some((by, evidence)) = skew {
+            self.emit(Event::ClockSkew {
+                host_ahead: by > 0,
+                by: clamp_nanos(by.saturating_abs()),
+                evidence,
+            });
+        }
+        // Without a relative lifetime or a Date, the host clock is all there is: a host clock
+        // ahead by more than the token's lifetime makes it look expired (documented limit).
+        let remaining = remaining.ok_or(FetchError::NoLifetime)?;
         if remaining <= 0 {
             return Err(FetchError::AlreadyExpired);
         }

@@ -8,7 +8,9 @@ use redis_entraid_core::config::{Config, RefreshPolicy, RetryPolicy, MAX_TOKEN_L
 use redis_entraid_core::error::{
     EntraErrorBody, FetchError, ReauthError, ReauthErrorKind, ResponseError, TransportError,
 };
-use redis_entraid_core::event::{Action, Event, Generation, RequestId, Status, TimerKind};
+use redis_entraid_core::event::{
+    Action, Event, Generation, RequestId, SkewEvidence, Status, TimerKind,
+};
 use redis_entraid_core::jwt::JwtError;
 use redis_entraid_core::testing::{sequence, unsigned_token, Harness, Reply, WALL_START};
 use redis_entraid_core::token::TokenResponse;
@@ -239,7 +241,8 @@ fn earliest_of_expires_in_expires_on_and_exp_wins() {
             h_wall + 7200
         )))
         .with_expires_in(3600)
-        .with_expires_on(h_wall + 1800),
+        // 49 s short of expires_in, within the clock skew tolerance: a cached token
+        .with_expires_on(h_wall + 3550),
         latency: Duration::ZERO,
     };
     let mut h = Harness::new(
@@ -249,7 +252,7 @@ fn earliest_of_expires_in_expires_on_and_exp_wins() {
     );
     h.run_for(Duration::ZERO);
     match h.machine.status() {
-        Status::Valid { expires_at, .. } => assert_eq!(expires_at - h.start, secs(1800)),
+        Status::Valid { expires_at, .. } => assert_eq!(expires_at - h.start, secs(3550)),
         other => panic!("{other:?}"),
     }
     // JWT exp alone is enough when the response carries no lifetime.
@@ -910,6 +913,144 @@ fn absolute_expiry_is_converted_with_the_wall_clock_at_receipt() {
         Status::Valid { expires_at, .. } => assert_eq!(expires_at - h.start, secs(1200)),
         other => panic!("{other:?}"),
     }
+}
+
+/// A fresh token as the provider's (correct) clock sees it at `elapsed`: `exp` and maybe
+/// `expires_on` are server time, whatever the host clock says
+fn server_token(index: usize, elapsed: Duration, ttl: i64, relative: bool) -> TokenResponse {
+    let exp = WALL_START as i64 + elapsed.as_secs() as i64 + ttl;
+    let token = unsigned_token(&format!(r#"{{"oid":"o","exp":{exp},"jti":"{index}"}}"#));
+    let response = TokenResponse::new(token).with_expires_on(exp);
+    if relative {
+        response.with_expires_in(ttl)
+    } else {
+        response
+    }
+}
+
+fn skews(h: &Harness) -> Vec<(bool, Duration, SkewEvidence)> {
+    h.events()
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            Event::ClockSkew {
+                host_ahead,
+                by,
+                evidence,
+            } => Some((host_ahead, by, evidence)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn host_clock_ahead_trusts_expires_in_and_reports_the_skew() {
+    // 61 min ahead: every one-hour token used to look expired (total outage); 45 min ahead:
+    // refreshes every 10 s. Now the schedule is the normal one.
+    for minutes_ahead in [45, 61] {
+        let mut h = Harness::new(epoch(), default_exact(), |ctx| Reply::Response {
+            response: server_token(ctx.index, ctx.elapsed, HOUR, true),
+            latency: Duration::ZERO,
+        });
+        h.wall_skew = minutes_ahead * 60;
+        h.run_for(secs(10 * 3600));
+        assert_eq!(h.fetches.len(), 15, "{minutes_ahead} min: {:?}", h.fetches);
+        assert_eq!(
+            h.count_events(|e| matches!(e, Event::FetchFailed { .. })),
+            0
+        );
+        assert_eq!(h.count_events(|e| matches!(e, Event::Expired { .. })), 0);
+        let reported = skews(&h);
+        assert_eq!(reported.len(), 15, "once per response that shows it");
+        // expires_in 3599 s against exp (3600 s - the wall's fraction) - skew: short by
+        // skew - 1 s + fraction.
+        let skew = secs(minutes_ahead as u64 * 60);
+        assert!(
+            reported.iter().all(|&(ahead, by, evidence)| ahead
+                && by >= skew - S
+                && by < skew
+                && evidence == SkewEvidence::Lifetimes),
+            "{reported:?}"
+        );
+        assert_eq!(reported[0].1, skew - S);
+    }
+    // Within the tolerance the host clock is believed: 4 min ahead shortens the lifetime.
+    let mut h = Harness::new(epoch(), default_exact(), |ctx| Reply::Response {
+        response: server_token(ctx.index, ctx.elapsed, HOUR, true),
+        latency: Duration::ZERO,
+    });
+    h.wall_skew = 240;
+    h.run_for(Duration::ZERO);
+    assert_eq!(expires_in_after_start(&h), secs(3600 - 240));
+    assert!(skews(&h).is_empty());
+    // A tolerance larger than the skew restores "earliest wins", whatever the host says.
+    let config = Config::builder()
+        .clock_skew_tolerance(secs(2 * 3600))
+        .build()
+        .unwrap();
+    let mut h = Harness::new(epoch(), config, |ctx| Reply::Response {
+        response: server_token(ctx.index, ctx.elapsed, HOUR, true),
+        latency: Duration::ZERO,
+    });
+    h.wall_skew = 61 * 60;
+    h.run_for(Duration::ZERO);
+    assert_eq!(
+        h.count_events(|e| matches!(
+            e,
+            Event::FetchFailed {
+                error: FetchError::AlreadyExpired,
+                ..
+            }
+        )),
+        1
+    );
+}
+
+#[test]
+fn server_date_converts_absolute_expiry_when_the_host_clock_is_wrong() {
+    // App Service answers carry only expires_on; the Date header gives the server's clock.
+    for host_skew in [61 * 60, -2 * 3600] {
+        let mut h = Harness::new(epoch(), default_exact(), |_| Reply::Hang);
+        h.wall_skew = host_skew;
+        let server_now = std::time::UNIX_EPOCH + secs(WALL_START);
+        let response = server_token(0, Duration::ZERO, HOUR, false).with_server_date(server_now);
+        answer_at(&mut h, Duration::ZERO, response);
+        // Date + 1 s (it is rounded down) + latency (0): 3599 s left.
+        assert_eq!(expires_in_after_start(&h), secs(3599), "skew {host_skew}");
+        assert_eq!(
+            skews(&h),
+            vec![(
+                host_skew > 0,
+                secs(host_skew.unsigned_abs()),
+                SkewEvidence::ServerDate
+            )]
+        );
+    }
+    // A Date earlier than the token's own issue time is not the issuer's clock: ignored.
+    let mut h = Harness::new(epoch(), default_exact(), |_| Reply::Hang);
+    let issued = WALL_START as i64;
+    let token = unsigned_token(&format!(
+        r#"{{"oid":"o","iat":{issued},"exp":{}}}"#,
+        issued + 3600
+    ));
+    let response = TokenResponse::new(token).with_server_date(std::time::UNIX_EPOCH);
+    answer_at(&mut h, Duration::ZERO, response);
+    assert_eq!(expires_in_after_start(&h), secs(3600));
+    assert!(skews(&h).is_empty());
+}
+
+#[test]
+fn host_clock_behind_never_lengthens_a_relative_lifetime() {
+    let mut h = Harness::new(epoch(), default_exact(), |ctx| Reply::Response {
+        response: server_token(ctx.index, ctx.elapsed, HOUR, true),
+        latency: Duration::ZERO,
+    });
+    h.wall_skew = -3 * 3600;
+    h.run_for(Duration::ZERO);
+    assert_eq!(expires_in_after_start(&h), secs(3599));
+    assert_eq!(
+        skews(&h),
+        vec![(false, secs(3 * 3600 + 1), SkewEvidence::Lifetimes)]
+    );
 }
 
 #[test]

@@ -597,6 +597,18 @@ impl Driver {
                     "re-authentication failed: {error}"
                 );
             }
+            Event::ClockSkew {
+                host_ahead,
+                by,
+                evidence,
+            } => {
+                tracing::warn!(
+                    host_ahead,
+                    by_s = by.as_secs(),
+                    ?evidence,
+                    "the host clock disagrees with the identity provider's; fix its time sync"
+                );
+            }
             Event::Stopped => {
                 self.state.send_modify(|s| {
                     s.stopped = true;
