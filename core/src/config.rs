@@ -15,6 +15,8 @@
 //! | retry: max delay | 30 s | initial delay ..= 1 h |
 //! | retry: jitter | ±20 % | 0 ..= 0.9 |
 //! | request timeout | 10 s, never past the token's remaining validity | 1 ms ..= 10 min |
+//! | clock skew tolerance | 5 min (see [`ConfigBuilder::clock_skew_tolerance`]) | 1 s ..= 30 days |
+//! | jitter seed | unset: each runtime draws one from the OS per provider; core alone falls back to [`FALLBACK_RNG_SEED`] | any `u64` |
 
 use std::fmt;
 use std::sync::Arc;
@@ -29,6 +31,13 @@ const MAX_MIN_INTERVAL: Duration = Duration::from_secs(60 * 60);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60 * 60);
 const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 const ONE_MS: Duration = Duration::from_millis(1);
+
+/// The jitter seed of a [`Config`] whose seed was never set, neither by the user
+/// ([`ConfigBuilder::rng_seed`]) nor by a runtime ([`Config::with_seed_if_unset`])
+///
+/// Every process using it jitters identically, so a fleet would retry in lockstep: the
+/// runtimes never leave the seed unset. It exists so the core stays deterministic on its own.
+pub const FALLBACK_RNG_SEED: u64 = 0x005e_ed0f_e17a;
 
 /// Decides which fetch errors are retried quickly, overriding each flow's own classification
 pub type RetryPredicate = Arc<dyn Fn(&FetchError) -> bool + Send + Sync>;
@@ -362,7 +371,8 @@ pub struct Config {
     retry: RetryPolicy,
     request_timeout: Duration,
     username_override: Option<String>,
-    rng_seed: u64,
+    clock_skew_tolerance: Duration,
+    rng_seed: Option<u64>,
 }
 
 impl Config {
@@ -393,9 +403,44 @@ impl Config {
         self.username_override.as_deref()
     }
 
-    /// Seed of the jitter generator; the same seed and inputs give the same actions
-    pub fn rng_seed(&self) -> u64 {
+    /// How far an absolute expiry may fall short of the relative lifetime before it is put down
+    /// to a skewed host clock (see [`ConfigBuilder::clock_skew_tolerance`])
+    pub fn clock_skew_tolerance(&self) -> Duration {
+        self.clock_skew_tolerance
+    }
+
+    /// The seed set for the jitter generator, if any; `None` means the machine would use
+    /// [`FALLBACK_RNG_SEED`]. The same seed and inputs give the same actions.
+    pub fn rng_seed(&self) -> Option<u64> {
         self.rng_seed
+    }
+
+    /// The seed the machine's jitter generator starts from: the one set, else
+    /// [`FALLBACK_RNG_SEED`]
+    ///
+    /// Both the retry jitter and the refresh jitter are drawn from this one generator.
+    pub fn effective_rng_seed(&self) -> u64 {
+        self.rng_seed.unwrap_or(FALLBACK_RNG_SEED)
+    }
+
+    /// This configuration with `seed` as its jitter seed, unless one was set already
+    ///
+    /// Runtimes call it with fresh OS entropy when they build a provider, so the processes of
+    /// a fleet do not retry and refresh in lockstep, while an explicit seed (tests,
+    /// reproductions) is kept.
+    ///
+    /// ```
+    /// use redis_entraid_core::config::Config;
+    ///
+    /// assert_eq!(Config::default().with_seed_if_unset(7).rng_seed(), Some(7));
+    /// let pinned = Config::builder().rng_seed(1).build()?;
+    /// assert_eq!(pinned.with_seed_if_unset(7).rng_seed(), Some(1));
+    /// # Ok::<(), redis_entraid_core::error::ConfigError>(())
+    /// ```
+    #[must_use]
+    pub fn with_seed_if_unset(mut self, seed: u64) -> Self {
+        self.rng_seed.get_or_insert(seed);
+        self
     }
 }
 
@@ -406,7 +451,8 @@ impl Default for Config {
             retry: RetryPolicy::default(),
             request_timeout: Duration::from_secs(10),
             username_override: None,
-            rng_seed: 0x005e_ed0f_e17a,
+            clock_skew_tolerance: Duration::from_secs(5 * 60),
+            rng_seed: None,
         }
     }
 }
@@ -442,23 +488,63 @@ impl ConfigBuilder {
         self
     }
 
-    /// Seeds the jitter generator (runtimes pass a random seed; tests pass a fixed one)
+    /// How far the host's wall clock may be off before the machine stops trusting it,
+    /// 1 s ..= 30 days (default 5 min)
+    ///
+    /// Absolute expiries (`expires_on`, the JWT `exp`) are converted with a wall clock. When the
+    /// response carries a `Date` header the server's clock is used and this setting only decides
+    /// when a [`ClockSkew`](crate::event::Event::ClockSkew) is reported. Without one, the host
+    /// clock is used, and when a relative `expires_in` is also present an absolute expiry may
+    /// shorten it only while it falls short by at most this much: beyond it the host clock is
+    /// taken to be ahead (a host one hour ahead would otherwise see every one-hour token as
+    /// already expired, while Redis, which checks with its own clock, accepts them), the
+    /// relative lifetime is trusted and the skew is reported.
+    ///
+    /// Why 5 minutes: it is the margin the Azure SDKs already build in (MSAL treats a token
+    /// with less than 5 min left as expired, Azure Identity refreshes 300 s early) and the
+    /// usual JWT clock-skew allowance, far above the drift of a time-synced host and above the
+    /// 1 s rounding of integer lifetimes, yet well under the lifetimes that matter (1 h Entra
+    /// tokens, 24 h managed-identity tokens). The cost of a large value is that a host clock
+    /// ahead by less than it shortens every lifetime by that much; the cost of a small value
+    /// is trusting an `expires_in` that an endpoint serving a cached token reports from
+    /// issuance (the IMDS definition allows it) when that endpoint also sends no `Date`.
+    /// IMDS answers carry `Date`, so there the server clock decides and this risk is moot.
+    /// Set it to 30 days to always take the earliest lifetime.
+    pub fn clock_skew_tolerance(mut self, tolerance: Duration) -> Self {
+        self.config.clock_skew_tolerance = tolerance;
+        self
+    }
+
+    /// Seeds the jitter generator with a fixed seed (tests, reproductions); left unset,
+    /// the runtimes draw a random seed per provider from the OS
     pub fn rng_seed(mut self, seed: u64) -> Self {
-        self.config.rng_seed = seed;
+        self.config.rng_seed = Some(seed);
         self
     }
 
     /// Validates the configuration
     ///
     /// # Errors
-    /// [`ConfigError`] when the request timeout is outside 1 ms ..= 10 min or the username
-    /// override is empty or holds whitespace (Redis usernames cannot).
+    /// [`ConfigError`] when the request timeout is outside 1 ms ..= 10 min, the clock skew
+    /// tolerance outside 1 s ..= 30 days, or the username override is empty or holds
+    /// whitespace (Redis usernames cannot).
     pub fn build(self) -> Result<Config, ConfigError> {
         let c = self.config;
         if c.request_timeout < ONE_MS || c.request_timeout > MAX_REQUEST_TIMEOUT {
             return Err(ConfigError::new(
                 "request timeout",
                 format!("{:?} is outside 1ms ..= 10min", c.request_timeout),
+            ));
+        }
+        if c.clock_skew_tolerance < Duration::from_secs(1)
+            || c.clock_skew_tolerance > MAX_TOKEN_LIFETIME
+        {
+            return Err(ConfigError::new(
+                "clock skew tolerance",
+                format!(
+                    "{:?} is outside 1s ..= 30 days; 5 minutes suits time-synced hosts",
+                    c.clock_skew_tolerance
+                ),
             ));
         }
         if let Some(name) = &c.username_override {
@@ -491,6 +577,9 @@ mod tests {
         assert_eq!(c.retry().jitter(), 0.2);
         assert_eq!(c.request_timeout(), Duration::from_secs(10));
         assert_eq!(c.username_override(), None);
+        assert_eq!(c.clock_skew_tolerance(), Duration::from_secs(300));
+        assert_eq!(c.rng_seed(), None, "unset, so runtimes seed it per process");
+        assert_eq!(c.effective_rng_seed(), FALLBACK_RNG_SEED);
         assert_eq!(
             Config::builder().build().unwrap(),
             c,
@@ -598,6 +687,20 @@ mod tests {
                     .build()
                     .map(drop),
                 "request timeout",
+            ),
+            (
+                Config::builder()
+                    .clock_skew_tolerance(Duration::from_millis(999))
+                    .build()
+                    .map(drop),
+                "clock skew tolerance",
+            ),
+            (
+                Config::builder()
+                    .clock_skew_tolerance(MAX_TOKEN_LIFETIME + Duration::from_secs(1))
+                    .build()
+                    .map(drop),
+                "clock skew tolerance",
             ),
             (
                 Config::builder().username_override("").build().map(drop),

@@ -257,7 +257,7 @@ pub enum FetchError {
     #[error("unusable token: the response has no expires_in, no expires_on and the token has no exp claim")]
     NoLifetime,
     /// The token was already expired when it arrived (a stale cache or a skewed provider clock)
-    #[error("unusable token: it had already expired when it arrived")]
+    #[error("unusable token: it had already expired when it arrived (by the server's clock when the answer had a Date header, else by this host's clock: if the host clock is ahead, fix its time sync)")]
     AlreadyExpired,
 }
 

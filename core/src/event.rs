@@ -1,6 +1,6 @@
 //! What the machine asks of its driver: actions, events, ids and status
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::error::{FetchError, ReauthError};
 use crate::token::Credentials;
@@ -101,8 +101,33 @@ pub enum Event {
         /// Why
         error: ReauthError,
     },
+    /// The host's wall clock disagrees with the identity provider's by more than the
+    /// configured tolerance; reported for each token response that shows it, before that
+    /// response's `Refreshed` / `FetchFailed`. Lifetimes were judged without the host clock
+    /// (by the server's `Date`, or by the relative `expires_in`). Fix the host's time sync:
+    /// other software on it (TLS, Kerberos) suffers too.
+    ClockSkew {
+        /// Whether the host clock is ahead of the server's (else behind)
+        host_ahead: bool,
+        /// By how much, within about a second plus the request's latency
+        by: Duration,
+        /// What showed it
+        evidence: SkewEvidence,
+    },
     /// `shutdown` was called; the machine emits nothing more
     Stopped,
+}
+
+/// How a [`Event::ClockSkew`] was detected
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SkewEvidence {
+    /// The response's HTTP `Date` header against the host's wall clock at receipt
+    ServerDate,
+    /// No `Date` header: an absolute expiry (`expires_on`, JWT `exp`) read with the host clock
+    /// disagreed with the relative `expires_in`. Ahead may also mean the endpoint reported
+    /// `expires_in` from issuance for a cached token; the relative lifetime was trusted.
+    Lifetimes,
 }
 
 /// Where the machine stands, from [`TokenManager::status`]

@@ -41,7 +41,22 @@
 //! token's expiry when a backoff would carry them past it. After `max_attempts` consecutive
 //! failures the machine emits [`Event::RetriesExhausted`] once and keeps trying every
 //! `max_delay`: it never stops on its own. A token that is not newer than the current one is
-//! not pushed to connections. Defaults are in [`config`].
+//! not pushed to connections. A refresh request (`refresh_now`, a `WRONGPASS`) during a
+//! failure streak waits for the planned retry. Defaults are in [`config`].
+//!
+//! # Time rules
+//!
+//! The machine never believes a token lives longer than the server does. The earliest lifetime
+//! wins; an integer `expires_in` counts from the send and one second short (the server's `exp`
+//! is its issue time rounded down plus the lifetime); `expires_on` / `exp` are converted with
+//! the server's `Date` header when the response has one (else the host wall clock, sub-second
+//! part included). Without a `Date`, an absolute expiry shortens a relative `expires_in` only
+//! within [`Config::clock_skew_tolerance`]; beyond it the host clock is taken to be wrong, the
+//! relative lifetime is trusted and [`Event::ClockSkew`] is reported. Limit: an answer with
+//! only absolute values and no `Date` can only be read with the host clock.
+//!
+//! [`Config::clock_skew_tolerance`]: config::Config::clock_skew_tolerance
+//! [`Event::ClockSkew`]: event::Event::ClockSkew
 //!
 //! # The drain loop
 //!

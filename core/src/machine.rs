@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::backoff::Backoff;
 use crate::config::{Config, MAX_TOKEN_LIFETIME};
 use crate::error::{FetchError, ReauthError};
-use crate::event::{Action, Event, Generation, RequestId, Status, TimerKind};
+use crate::event::{Action, Event, Generation, RequestId, SkewEvidence, Status, TimerKind};
 use crate::jwt;
 use crate::timer::TimerTable;
 use crate::token::{Credentials, TokenResponse};
@@ -72,11 +72,25 @@ fn clamp_seconds(seconds: i64) -> Duration {
     Duration::from_secs(u64::try_from(seconds).unwrap_or(0).min(max))
 }
 
-fn unix_seconds(wall: SystemTime) -> i64 {
+const NANOS_PER_SEC: i128 = 1_000_000_000;
+
+fn nanos(d: Duration) -> i128 {
+    i128::try_from(d.as_nanos()).unwrap_or(i128::MAX)
+}
+
+/// Nanoseconds since the Unix epoch, sub-second part included (negative before the epoch)
+fn unix_nanos(wall: SystemTime) -> i128 {
     match wall.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        Err(e) => i64::try_from(e.duration().as_secs()).map_or(i64::MIN, |s| -s),
+        Ok(d) => nanos(d),
+        Err(e) => nanos(e.duration()).saturating_neg(),
     }
+}
+
+/// A lifetime in nanoseconds from now, clamped to 0 ..= [`MAX_TOKEN_LIFETIME`]
+fn clamp_nanos(offset: i128) -> Duration {
+    let max = nanos(MAX_TOKEN_LIFETIME);
+    let clamped = u64::try_from(offset.clamp(0, max)).unwrap_or(u64::MAX);
+    Duration::from_nanos(clamped).min(MAX_TOKEN_LIFETIME)
 }
 
 impl TokenManager {
@@ -84,7 +98,7 @@ impl TokenManager {
     /// returns [`Action::FetchToken`]
     pub fn new(config: Config, now: Instant) -> Self {
         let mut machine = Self {
-            backoff: Backoff::new(config.rng_seed()),
+            backoff: Backoff::new(config.effective_rng_seed()),
             config,
             now,
             timers: TimerTable::default(),
@@ -195,7 +209,10 @@ impl TokenManager {
     /// The outcome of the request `id`: a token, or why there is none
     ///
     /// `wall` is the wall-clock time at receipt; it only converts absolute expiries
-    /// (`expires_on`, JWT `exp`) into monotonic deadlines. Returns `false` (and changes nothing)
+    /// (`expires_on`, JWT `exp`) into monotonic deadlines, and only when the response has no
+    /// [`server_date`](TokenResponse::server_date): the server's clock is preferred, and a host
+    /// clock off by more than [`Config::clock_skew_tolerance`] is reported as
+    /// [`Event::ClockSkew`] and never shortens a relative `expires_in`. Returns `false` (and changes nothing)
     /// when `id` is not the request in flight: a late answer after a timeout, or after shutdown.
     pub fn handle_response(
         &mut self,
@@ -219,8 +236,9 @@ impl TokenManager {
     /// How connections took the credentials of `generation`
     ///
     /// A rejection of the credentials themselves (`WRONGPASS`, `NOAUTH`) leads to a fresh
-    /// fetch, no sooner than the minimum refresh interval after the last one. Returns `false`
-    /// for a generation that is no longer current.
+    /// fetch, no sooner than the minimum refresh interval after the last one, and during a
+    /// failure streak no sooner than the planned retry. Returns `false` for a generation that
+    /// is no longer current.
     pub fn handle_reauth_result(
         &mut self,
         generation: Generation,
@@ -245,6 +263,8 @@ impl TokenManager {
 
     /// Fetch a new token as soon as allowed: now, or the minimum refresh interval after the
     /// previous fetch started. Coalesces with a fetch already in flight or planned sooner.
+    /// During a failure streak the planned retry stands: the backoff and any `Retry-After`
+    /// still apply.
     pub fn refresh_now(&mut self, now: Instant) {
         self.update_now(now);
         if !self.stopped {
@@ -314,7 +334,11 @@ impl TokenManager {
     }
 
     fn schedule_refresh_soon(&mut self) {
-        if self.in_flight.is_some() {
+        // A retry is planned only during a failure streak: its backoff (or the provider's
+        // `Retry-After`) already decided when the next request may go out, and a refresh request
+        // (a `WRONGPASS`, `refresh_now`) must not move it earlier, or every refused reconnect
+        // during an outage would become one more request to a provider that asked us to wait.
+        if self.in_flight.is_some() || self.timers.get(TimerKind::Retry).is_some() {
             return;
         }
         let earliest = self
@@ -339,22 +363,75 @@ impl TokenManager {
             Some(name) => name.to_owned(),
             None => claims.require_oid()?.to_owned(),
         };
-        let wall_now = unix_seconds(wall);
-        // Relative lifetimes count from when the request was sent (conservative); absolute
-        // ones from the wall time at receipt. The earliest wins: the server enforces it.
-        let relative = response.expires_in.map(|s| add(sent_at, clamp_seconds(s)));
-        let absolute = [response.expires_on, claims.exp]
-            .into_iter()
-            .flatten()
-            .map(|at| add(self.now, clamp_seconds(at.saturating_sub(wall_now))))
-            .min();
-        let expires_at = match (relative, absolute) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => a.or(b).ok_or(FetchError::NoLifetime)?,
+        // Every lifetime is a signed offset in nanoseconds from now (receipt); the earliest one
+        // that can be trusted wins, because the server enforces it.
+        let latency = nanos(self.now.saturating_duration_since(sent_at));
+        let tolerance = nanos(self.config.clock_skew_tolerance());
+        let max = nanos(MAX_TOKEN_LIFETIME);
+        // A relative lifetime counts from when the request was sent, and one second less than
+        // it says: the server computes `exp` as floor(issue time) + lifetime, so "lifetime
+        // seconds after the send" can end up to 1 s after `exp` when the request went out in
+        // the same second as the issue.
+        let relative = response
+            .expires_in
+            .map(|s| nanos(clamp_seconds(s.saturating_sub(1))).saturating_sub(latency));
+        let host_now = unix_nanos(wall);
+        // The server's clock, unless its Date predates the token's own issue time by more than
+        // the tolerance (then it cannot be the issuer's clock).
+        let server_date = response.server_date.map(unix_nanos).filter(|date| {
+            claims.iat.is_none_or(|iat| {
+                date.saturating_add(tolerance) >= i128::from(iat).saturating_mul(NANOS_PER_SEC)
+            })
+        });
+        // Absolute values need the server's clock at receipt. The Date header was stamped (in
+        // whole seconds, rounded down) somewhere between the send and now, so the server's
+        // clock now reads less than Date + 1 s + latency: that bound never overestimates a
+        // lifetime. Without a Date, the host's wall clock, sub-second part included.
+        let reference = match server_date {
+            Some(date) => date.saturating_add(NANOS_PER_SEC).saturating_add(latency),
+            None => host_now,
         };
-        if expires_at <= self.now {
+        // Host clock minus server clock, when it exceeds the tolerance (positive: ahead).
+        let mut skew = server_date
+            .map(|date| (host_now.saturating_sub(date), SkewEvidence::ServerDate))
+            .filter(|(by, _)| by.abs() > tolerance);
+        let mut remaining = relative;
+        for at in [response.expires_on, claims.exp].into_iter().flatten() {
+            let absolute = i128::from(at)
+                .saturating_mul(NANOS_PER_SEC)
+                .saturating_sub(reference)
+                .clamp(-max, max);
+            if let (Some(relative), None) = (relative, server_date) {
+                // Read with the host clock, an absolute value may shorten the relative lifetime
+                // only while they agree within the tolerance; falling further short means the
+                // host clock is ahead (or `expires_in` is stale, the lesser risk: Redis rejects
+                // an expired token and that triggers a refresh), so the relative one is kept.
+                let shortfall = relative.saturating_sub(absolute);
+                if shortfall.abs() > tolerance
+                    && skew.is_none_or(|(by, _)| by.abs() < shortfall.abs())
+                {
+                    skew = Some((shortfall, SkewEvidence::Lifetimes));
+                }
+                if shortfall > tolerance {
+                    continue;
+                }
+            }
+            remaining = Some(remaining.map_or(absolute, |r| r.min(absolute)));
+        }
+        if let Some((by, evidence)) = skew {
+            self.emit(Event::ClockSkew {
+                host_ahead: by > 0,
+                by: clamp_nanos(by.saturating_abs()),
+                evidence,
+            });
+        }
+        // Without a relative lifetime or a Date, the host clock is all there is: a host clock
+        // ahead by more than the token's lifetime makes it look expired (documented limit).
+        let remaining = remaining.ok_or(FetchError::NoLifetime)?;
+        if remaining <= 0 {
             return Err(FetchError::AlreadyExpired);
         }
+        let expires_at = add(self.now, clamp_nanos(remaining));
         let refresh_hint = response.refresh_in.map(|s| add(sent_at, clamp_seconds(s)));
         Ok(Accepted {
             credentials: Credentials::new(username, response.access_token),

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -95,6 +96,11 @@ pub struct TokenResponse {
     pub refresh_in: Option<i64>,
     /// The token type as sent (`Bearer`), for diagnostics
     pub token_type: Option<String>,
+    /// The server's clock when it answered: the HTTP `Date` header, when present and valid
+    ///
+    /// The machine converts `expires_on` and the JWT `exp` with it instead of the host's wall
+    /// clock, so a skewed host clock does not shorten or lengthen lifetimes.
+    pub server_date: Option<SystemTime>,
 }
 
 impl TokenResponse {
@@ -106,6 +112,7 @@ impl TokenResponse {
             expires_on: None,
             refresh_in: None,
             token_type: None,
+            server_date: None,
         }
     }
 
@@ -127,6 +134,13 @@ impl TokenResponse {
     #[must_use]
     pub fn with_refresh_in(mut self, seconds: i64) -> Self {
         self.refresh_in = Some(seconds);
+        self
+    }
+
+    /// Sets the server's clock at the answer (its HTTP `Date` header)
+    #[must_use]
+    pub fn with_server_date(mut self, date: SystemTime) -> Self {
+        self.server_date = Some(date);
         self
     }
 

@@ -8,9 +8,11 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use redis_entraid_core::config::{Config, RefreshPolicy, RetryPolicy};
-use redis_entraid_core::event::Event;
+use redis_entraid_core::event::{Event, RequestId, Status};
+use redis_entraid_core::machine::TokenManager;
 use redis_entraid_core::testing::ops::{Answer, Op, OpDriver};
-use redis_entraid_core::testing::{FetchContext, Harness, Reply};
+use redis_entraid_core::testing::{unsigned_token, FetchContext, Harness, Reply, WALL_START};
+use redis_entraid_core::token::TokenResponse;
 
 /// The instant a simulation starts from: only differences matter, and the test (not the core)
 /// reads the clock
@@ -118,6 +120,59 @@ proptest! {
         h.run_for(Duration::from_secs(total));
         prop_assert_eq!(h.count_events(|e| matches!(e, Event::Expired { .. })), 0);
         prop_assert!(h.reauths.len() >= 2 || total < 2);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2048))]
+
+    /// Whatever the wall clock's sub-second fraction, the latency, when in it the server issued
+    /// the token and which lifetime fields it sent, the machine never believes the token lives
+    /// past the server's `exp`. The host clock may be off by hours when the answer has an
+    /// `expires_in` or a `Date`; with only absolute values and no `Date` it is all there is.
+    #[test]
+    fn the_machine_never_outlives_the_servers_expiry(
+        fraction_ns in 0u64..1_000_000_000,
+        latency_ms in 0u64..10_000,
+        issue_pct in 0u64..=100,
+        lifetime in 1i64..200_000,
+        host_skew_s in -10_000i64..10_000,
+        with_expires_in in any::<bool>(),
+        with_expires_on in any::<bool>(),
+        with_date in any::<bool>(),
+    ) {
+        let start = epoch();
+        let host_skew_s = if with_expires_in || with_date { host_skew_s } else { 0 };
+        // The server's clock at `start` reads WALL_START + fraction.
+        let server_at = |elapsed: Duration| {
+            std::time::UNIX_EPOCH + Duration::from_secs(WALL_START) + Duration::from_nanos(fraction_ns) + elapsed
+        };
+        let unix_secs = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let latency = Duration::from_millis(latency_ms);
+        let issued = server_at(latency * issue_pct as u32 / 100);
+        let exp = unix_secs(issued) + lifetime;
+        let mut response = TokenResponse::new(unsigned_token(&format!(r#"{{"oid":"o","exp":{exp}}}"#)));
+        if with_expires_in {
+            response = response.with_expires_in(lifetime);
+        }
+        if with_expires_on {
+            response = response.with_expires_on(exp);
+        }
+        if with_date {
+            response = response.with_server_date(std::time::UNIX_EPOCH + Duration::from_secs(unix_secs(issued) as u64));
+        }
+        let host_wall = if host_skew_s >= 0 {
+            server_at(latency) + Duration::from_secs(host_skew_s as u64)
+        } else {
+            server_at(latency) - Duration::from_secs(host_skew_s.unsigned_abs())
+        };
+        let mut machine = TokenManager::new(Config::default(), start);
+        prop_assert!(machine.handle_response(RequestId(1), Ok(response), host_wall, start + latency));
+        // The server's expiry as a monotonic instant: exp on its clock.
+        let server_expiry = start + (Duration::from_secs(exp as u64 - WALL_START) - Duration::from_nanos(fraction_ns));
+        if let Status::Valid { expires_at, .. } = machine.status() {
+            prop_assert!(expires_at <= server_expiry, "believed {:?} past the server", expires_at - server_expiry);
+        }
     }
 }
 

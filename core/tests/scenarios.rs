@@ -8,7 +8,9 @@ use redis_entraid_core::config::{Config, RefreshPolicy, RetryPolicy, MAX_TOKEN_L
 use redis_entraid_core::error::{
     EntraErrorBody, FetchError, ReauthError, ReauthErrorKind, ResponseError, TransportError,
 };
-use redis_entraid_core::event::{Action, Event, Generation, RequestId, Status, TimerKind};
+use redis_entraid_core::event::{
+    Action, Event, Generation, RequestId, SkewEvidence, Status, TimerKind,
+};
 use redis_entraid_core::jwt::JwtError;
 use redis_entraid_core::testing::{sequence, unsigned_token, Harness, Reply, WALL_START};
 use redis_entraid_core::token::TokenResponse;
@@ -27,10 +29,15 @@ fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
-/// A token answered with no latency, so times are exact
+/// A token the machine believes valid for exactly `ttl` seconds, answered with no latency so
+/// times are exact
+///
+/// The provider says `ttl + 1`: an integer `expires_in` is counted one second short (see
+/// `integer_expires_in_is_counted_one_second_short`), and the JWT `exp` it also carries is
+/// later than that.
 fn tok(ttl: i64) -> Reply {
     Reply::Token {
-        ttl,
+        ttl: ttl.saturating_add(1),
         latency: Duration::ZERO,
     }
 }
@@ -201,7 +208,7 @@ fn refresh_in_hint_later_than_the_ratio_point_is_ignored() {
         default_exact(),
         sequence(vec![Reply::Response {
             response: TokenResponse::new(unsigned_token(r#"{"oid":"o"}"#))
-                .with_expires_in(3600)
+                .with_expires_in(3601)
                 .with_refresh_in(3500),
             latency: Duration::ZERO,
         }]),
@@ -234,7 +241,8 @@ fn earliest_of_expires_in_expires_on_and_exp_wins() {
             h_wall + 7200
         )))
         .with_expires_in(3600)
-        .with_expires_on(h_wall + 1800),
+        // 49 s short of expires_in, within the clock skew tolerance: a cached token
+        .with_expires_on(h_wall + 3550),
         latency: Duration::ZERO,
     };
     let mut h = Harness::new(
@@ -244,7 +252,7 @@ fn earliest_of_expires_in_expires_on_and_exp_wins() {
     );
     h.run_for(Duration::ZERO);
     match h.machine.status() {
-        Status::Valid { expires_at, .. } => assert_eq!(expires_at - h.start, secs(1800)),
+        Status::Valid { expires_at, .. } => assert_eq!(expires_at - h.start, secs(3550)),
         other => panic!("{other:?}"),
     }
     // JWT exp alone is enough when the response carries no lifetime.
@@ -266,6 +274,72 @@ fn earliest_of_expires_in_expires_on_and_exp_wins() {
     }
 }
 
+/// Answers the fetch in flight with `response` at `elapsed` after the start, the simulated
+/// wall clock then reading `WALL_START + elapsed + h.wall_skew`
+fn answer_at(h: &mut Harness, elapsed: Duration, response: TokenResponse) {
+    h.now = h.start + elapsed;
+    let (wall, now) = (h.wall(), h.now);
+    assert!(h
+        .machine
+        .handle_response(RequestId(1), Ok(response), wall, now));
+    h.drain();
+}
+
+fn expires_in_after_start(h: &Harness) -> Duration {
+    match h.machine.status() {
+        Status::Valid { expires_at, .. } => expires_at - h.start,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn absolute_expiry_counts_the_wall_clocks_fraction() {
+    // Received at wall WALL_START + 0.9 s: expires_on 1200 s after WALL_START is 1199.1 s away
+    // (1200 s after the start), not the 1200 s a wall clock truncated to whole seconds says.
+    for (expires_on, exp) in [(Some(1200), None), (None, Some(1200))] {
+        let mut h = Harness::new(epoch(), default_exact(), |_| Reply::Hang);
+        let claims = match exp {
+            Some(exp) => format!(r#"{{"oid":"o","exp":{}}}"#, WALL_START as i64 + exp),
+            None => r#"{"oid":"o"}"#.to_owned(),
+        };
+        let mut response = TokenResponse::new(unsigned_token(&claims));
+        if let Some(on) = expires_on {
+            response = response.with_expires_on(WALL_START as i64 + on);
+        }
+        answer_at(&mut h, Duration::from_millis(900), response);
+        assert_eq!(expires_in_after_start(&h), secs(1200));
+        assert_eq!(
+            h.machine.poll_timeout().map(|at| at - h.now),
+            Some(Duration::from_millis(839_370)),
+            "refresh 0.7 * 1199.1 s after receipt"
+        );
+    }
+}
+
+#[test]
+fn integer_expires_in_is_counted_one_second_short() {
+    // The server's exp is floor(issue) + lifetime, so "lifetime seconds after the send" may be
+    // up to 1 s late when the request left in the second the token was issued.
+    let mut h = Harness::new(epoch(), default_exact(), |_| Reply::Hang);
+    let response = TokenResponse::new(unsigned_token(r#"{"oid":"o"}"#)).with_expires_in(3600);
+    answer_at(&mut h, Duration::from_millis(300), response);
+    assert_eq!(expires_in_after_start(&h), secs(3599));
+    // Saturating: a 1 s lifetime is no lifetime at all.
+    let mut h = Harness::new(epoch(), default_exact(), |_| Reply::Hang);
+    let response = TokenResponse::new(unsigned_token(r#"{"oid":"o"}"#)).with_expires_in(1);
+    answer_at(&mut h, Duration::ZERO, response);
+    assert_eq!(
+        h.count_events(|e| matches!(
+            e,
+            Event::FetchFailed {
+                error: FetchError::AlreadyExpired,
+                ..
+            }
+        )),
+        1
+    );
+}
+
 #[test]
 fn relative_lifetime_counts_from_when_the_request_was_sent() {
     let mut h = Harness::new(
@@ -278,7 +352,8 @@ fn relative_lifetime_counts_from_when_the_request_was_sent() {
     );
     h.run_for(secs(3));
     match h.machine.status() {
-        Status::Valid { expires_at, .. } => assert_eq!(expires_at - h.start, secs(3600)),
+        // One second short, counted from the send at 0 (not from the receipt at 2 s).
+        Status::Valid { expires_at, .. } => assert_eq!(expires_at - h.start, secs(3599)),
         other => panic!("{other:?}"),
     }
 }
@@ -642,7 +717,8 @@ fn same_token_returned_is_not_pushed_to_connections() {
         h.mint(86_400)
     };
     let mut h = Harness::new(epoch(), default_exact(), move |_| Reply::Response {
-        response: response.clone().with_expires_in(86_400),
+        // 86 400 s as the machine counts it (one second short)
+        response: response.clone().with_expires_in(86_401),
         latency: Duration::ZERO,
     });
     h.run_for(secs(80_000));
@@ -756,6 +832,54 @@ fn refresh_now_coalesces_and_respects_the_min_interval() {
     assert_eq!(h.fetches, vec![secs(0), secs(10), secs(23)]);
 }
 
+#[test]
+fn refresh_requests_during_a_failure_streak_wait_for_the_planned_retry() {
+    // A one-hour token, then the provider is down from its first refresh (2520 s) until 2700 s
+    // and throttles with Retry-After; meanwhile every reconnect is refused (WRONGPASS) and the
+    // application calls refresh_now. None of that may add a token request.
+    let outage = |with_requests: bool| {
+        let config = Config::builder().rng_seed(99).build().unwrap();
+        let mut h = Harness::new(epoch(), config, |ctx| {
+            if ctx.index == 0 || ctx.elapsed >= secs(2700) {
+                tok(HOUR)
+            } else if ctx.index % 3 == 0 {
+                fail(
+                    ResponseError::new("throttled", true)
+                        .with_status(429)
+                        .with_retry_after(secs(20)),
+                )
+            } else {
+                fail(unavailable())
+            }
+        });
+        h.run_for(secs(2500));
+        for _ in 0..2000 {
+            h.run_for(Duration::from_millis(200));
+            let retrying = matches!(h.machine.status(), Status::Retrying { .. });
+            if with_requests && retrying {
+                let now = h.now;
+                let rejected = ReauthError::new(ReauthErrorKind::WrongPass, "WRONGPASS");
+                h.machine
+                    .handle_reauth_result(Generation(1), Err(rejected), now);
+                h.machine.refresh_now(now);
+                h.drain();
+            }
+        }
+        h.run_for(secs(600));
+        let rejections = h.count_events(|e| matches!(e, Event::ReauthFailed { .. }));
+        (h.fetches, rejections)
+    };
+    let (quiet, no_rejections) = outage(false);
+    let (busy, rejections) = outage(true);
+    assert_eq!(no_rejections, 0);
+    assert!(rejections > 500, "the refusals were fed: {rejections}");
+    assert!(
+        quiet.len() > 5,
+        "the outage had a failure streak: {quiet:?}"
+    );
+    assert_eq!(busy, quiet, "same token requests, at the same instants");
+}
+
 // ----- time -------------------------------------------------------------------------------
 
 #[test]
@@ -789,6 +913,144 @@ fn absolute_expiry_is_converted_with_the_wall_clock_at_receipt() {
         Status::Valid { expires_at, .. } => assert_eq!(expires_at - h.start, secs(1200)),
         other => panic!("{other:?}"),
     }
+}
+
+/// A fresh token as the provider's (correct) clock sees it at `elapsed`: `exp` and maybe
+/// `expires_on` are server time, whatever the host clock says
+fn server_token(index: usize, elapsed: Duration, ttl: i64, relative: bool) -> TokenResponse {
+    let exp = WALL_START as i64 + elapsed.as_secs() as i64 + ttl;
+    let token = unsigned_token(&format!(r#"{{"oid":"o","exp":{exp},"jti":"{index}"}}"#));
+    let response = TokenResponse::new(token).with_expires_on(exp);
+    if relative {
+        response.with_expires_in(ttl)
+    } else {
+        response
+    }
+}
+
+fn skews(h: &Harness) -> Vec<(bool, Duration, SkewEvidence)> {
+    h.events()
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            Event::ClockSkew {
+                host_ahead,
+                by,
+                evidence,
+            } => Some((host_ahead, by, evidence)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn host_clock_ahead_trusts_expires_in_and_reports_the_skew() {
+    // 61 min ahead: every one-hour token used to look expired (total outage); 45 min ahead:
+    // refreshes every 10 s. Now the schedule is the normal one.
+    for minutes_ahead in [45, 61] {
+        let mut h = Harness::new(epoch(), default_exact(), |ctx| Reply::Response {
+            response: server_token(ctx.index, ctx.elapsed, HOUR, true),
+            latency: Duration::ZERO,
+        });
+        h.wall_skew = minutes_ahead * 60;
+        h.run_for(secs(10 * 3600));
+        assert_eq!(h.fetches.len(), 15, "{minutes_ahead} min: {:?}", h.fetches);
+        assert_eq!(
+            h.count_events(|e| matches!(e, Event::FetchFailed { .. })),
+            0
+        );
+        assert_eq!(h.count_events(|e| matches!(e, Event::Expired { .. })), 0);
+        let reported = skews(&h);
+        assert_eq!(reported.len(), 15, "once per response that shows it");
+        // expires_in 3599 s against exp (3600 s - the wall's fraction) - skew: short by
+        // skew - 1 s + fraction.
+        let skew = secs(minutes_ahead as u64 * 60);
+        assert!(
+            reported.iter().all(|&(ahead, by, evidence)| ahead
+                && by >= skew - S
+                && by < skew
+                && evidence == SkewEvidence::Lifetimes),
+            "{reported:?}"
+        );
+        assert_eq!(reported[0].1, skew - S);
+    }
+    // Within the tolerance the host clock is believed: 4 min ahead shortens the lifetime.
+    let mut h = Harness::new(epoch(), default_exact(), |ctx| Reply::Response {
+        response: server_token(ctx.index, ctx.elapsed, HOUR, true),
+        latency: Duration::ZERO,
+    });
+    h.wall_skew = 240;
+    h.run_for(Duration::ZERO);
+    assert_eq!(expires_in_after_start(&h), secs(3600 - 240));
+    assert!(skews(&h).is_empty());
+    // A tolerance larger than the skew restores "earliest wins", whatever the host says.
+    let config = Config::builder()
+        .clock_skew_tolerance(secs(2 * 3600))
+        .build()
+        .unwrap();
+    let mut h = Harness::new(epoch(), config, |ctx| Reply::Response {
+        response: server_token(ctx.index, ctx.elapsed, HOUR, true),
+        latency: Duration::ZERO,
+    });
+    h.wall_skew = 61 * 60;
+    h.run_for(Duration::ZERO);
+    assert_eq!(
+        h.count_events(|e| matches!(
+            e,
+            Event::FetchFailed {
+                error: FetchError::AlreadyExpired,
+                ..
+            }
+        )),
+        1
+    );
+}
+
+#[test]
+fn server_date_converts_absolute_expiry_when_the_host_clock_is_wrong() {
+    // App Service answers carry only expires_on; the Date header gives the server's clock.
+    for host_skew in [61 * 60, -2 * 3600] {
+        let mut h = Harness::new(epoch(), default_exact(), |_| Reply::Hang);
+        h.wall_skew = host_skew;
+        let server_now = std::time::UNIX_EPOCH + secs(WALL_START);
+        let response = server_token(0, Duration::ZERO, HOUR, false).with_server_date(server_now);
+        answer_at(&mut h, Duration::ZERO, response);
+        // Date + 1 s (it is rounded down) + latency (0): 3599 s left.
+        assert_eq!(expires_in_after_start(&h), secs(3599), "skew {host_skew}");
+        assert_eq!(
+            skews(&h),
+            vec![(
+                host_skew > 0,
+                secs(host_skew.unsigned_abs()),
+                SkewEvidence::ServerDate
+            )]
+        );
+    }
+    // A Date earlier than the token's own issue time is not the issuer's clock: ignored.
+    let mut h = Harness::new(epoch(), default_exact(), |_| Reply::Hang);
+    let issued = WALL_START as i64;
+    let token = unsigned_token(&format!(
+        r#"{{"oid":"o","iat":{issued},"exp":{}}}"#,
+        issued + 3600
+    ));
+    let response = TokenResponse::new(token).with_server_date(std::time::UNIX_EPOCH);
+    answer_at(&mut h, Duration::ZERO, response);
+    assert_eq!(expires_in_after_start(&h), secs(3600));
+    assert!(skews(&h).is_empty());
+}
+
+#[test]
+fn host_clock_behind_never_lengthens_a_relative_lifetime() {
+    let mut h = Harness::new(epoch(), default_exact(), |ctx| Reply::Response {
+        response: server_token(ctx.index, ctx.elapsed, HOUR, true),
+        latency: Duration::ZERO,
+    });
+    h.wall_skew = -3 * 3600;
+    h.run_for(Duration::ZERO);
+    assert_eq!(expires_in_after_start(&h), secs(3599));
+    assert_eq!(
+        skews(&h),
+        vec![(false, secs(3 * 3600 + 1), SkewEvidence::Lifetimes)]
+    );
 }
 
 #[test]
@@ -927,6 +1189,40 @@ fn same_seed_and_inputs_give_the_same_action_trace() {
         h.normalized_trace()
     };
     assert_eq!(run(), run());
+}
+
+#[test]
+fn unseeded_configs_jitter_by_their_entropy_and_explicit_seeds_win() {
+    // Retry jitter (default ±20 %) and refresh jitter both come from the seeded generator.
+    let jittered =
+        || Config::builder().refresh(RefreshPolicy::builder().jitter(0.3).build().unwrap());
+    let fetches = |config: Config| {
+        let mut h = Harness::new(epoch(), config, |ctx| {
+            if ctx.index % 4 == 3 {
+                tok(HOUR)
+            } else {
+                fail(unavailable())
+            }
+        });
+        h.run_for(secs(4 * 3600));
+        h.fetches
+    };
+    let unseeded = || jittered().build().unwrap();
+    assert_eq!(unseeded().rng_seed(), None);
+    let a = fetches(unseeded().with_seed_if_unset(1));
+    let b = fetches(unseeded().with_seed_if_unset(2));
+    assert_ne!(
+        a[1], b[1],
+        "different processes retry at different instants"
+    );
+    assert_ne!(a[4], b[4], "and refresh at different instants");
+    assert_eq!(a, fetches(unseeded().with_seed_if_unset(1)));
+    let pinned = || jittered().rng_seed(7).build().unwrap();
+    assert_eq!(
+        fetches(pinned().with_seed_if_unset(1)),
+        fetches(pinned().with_seed_if_unset(2)),
+        "an explicit seed is kept, whatever the entropy"
+    );
 }
 
 #[test]

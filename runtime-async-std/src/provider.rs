@@ -111,7 +111,7 @@ impl ProviderBuilder {
         events.set_overflow(true);
         let inactive = inactive.deactivate();
         let run = run(
-            TokenManager::new(self.config.clone(), Instant::now()),
+            TokenManager::new(seeded(self.config.clone()), Instant::now()),
             Arc::new(fetcher),
             Arc::clone(&shared),
             rx,
@@ -507,6 +507,18 @@ fn drain(
                             "re-authentication failed: {error}"
                         );
                     }
+                    Event::ClockSkew {
+                        host_ahead,
+                        by,
+                        evidence,
+                    } => {
+                        tracing::warn!(
+                            host_ahead,
+                            by_s = by.as_secs(),
+                            ?evidence,
+                            "the host clock disagrees with the identity provider's; fix its time sync"
+                        );
+                    }
                     Event::Stopped => shared.update(|s| {
                         s.stopped = true;
                         s.status = Status::Stopped;
@@ -519,4 +531,18 @@ fn drain(
             _ => {}
         }
     }
+}
+
+/// `config` with a jitter seed drawn from the OS when the user set none, so the processes of a
+/// fleet do not retry and refresh in lockstep (an explicit `rng_seed` is kept)
+fn seeded(config: Config) -> Config {
+    let mut seed = [0u8; 8];
+    if getrandom::getrandom(&mut seed).is_err() {
+        // No OS entropy (very rare): the process id and the clock still differ across a fleet.
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        seed = (u64::from(std::process::id()) << 32 | u64::from(nanos)).to_le_bytes();
+    }
+    config.with_seed_if_unset(u64::from_le_bytes(seed))
 }

@@ -156,7 +156,7 @@ impl ProviderBuilder {
         let (events, _) = broadcast::channel(capacity);
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let driver = Driver {
-            machine: TokenManager::new(self.config.clone(), now()),
+            machine: TokenManager::new(seeded(self.config.clone()), now()),
             source: Arc::new(source),
             state: state_tx,
             events: events.clone(),
@@ -627,6 +627,18 @@ impl Driver {
                     "re-authentication failed: {error}"
                 );
             }
+            Event::ClockSkew {
+                host_ahead,
+                by,
+                evidence,
+            } => {
+                tracing::warn!(
+                    host_ahead,
+                    by_s = by.as_secs(),
+                    ?evidence,
+                    "the host clock disagrees with the identity provider's; fix its time sync"
+                );
+            }
             Event::Stopped => {
                 self.state.send_modify(|s| {
                     s.stopped = true;
@@ -664,3 +676,17 @@ impl Driver {
 
 /// Boxed future returned by [`TokenSource::fetch`]
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// `config` with a jitter seed drawn from the OS when the user set none, so the processes of a
+/// fleet do not retry and refresh in lockstep (an explicit `rng_seed` is kept)
+fn seeded(config: Config) -> Config {
+    let mut seed = [0u8; 8];
+    if getrandom::getrandom(&mut seed).is_err() {
+        // No OS entropy (very rare): the process id and the clock still differ across a fleet.
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        seed = (u64::from(std::process::id()) << 32 | u64::from(nanos)).to_le_bytes();
+    }
+    config.with_seed_if_unset(u64::from_le_bytes(seed))
+}

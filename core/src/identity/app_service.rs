@@ -238,9 +238,8 @@ pub(crate) fn parse_local(
     source: &str,
     rules: RetryRules,
 ) -> Result<TokenResponse, ResponseError> {
-    let status = response.status().as_u16();
     if response.status().is_success() {
-        common::token_body(response.body(), source, status)
+        common::token_response(response, source)
     } else {
         Err(common::status_error(response, source, rules))
     }

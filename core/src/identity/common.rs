@@ -199,6 +199,22 @@ pub(crate) fn token_body(
     token_from_map(&map, "access_token", source).map_err(|e| e.with_status(status))
 }
 
+/// Reads a 2xx HTTP token answer: the body as [`token_body`], plus the server's clock from the
+/// `Date` header (ignored when missing or not an HTTP date)
+pub(crate) fn token_response(
+    response: &http::Response<Vec<u8>>,
+    source: &str,
+) -> Result<TokenResponse, ResponseError> {
+    let mut token = token_body(response.body(), source, response.status().as_u16())?;
+    token.server_date = server_date(response.headers());
+    Ok(token)
+}
+
+/// The `Date` header as a time, if it is a valid HTTP date
+pub(crate) fn server_date(headers: &http::HeaderMap) -> Option<SystemTime> {
+    httpdate::parse_http_date(header_str(headers, "date")?.trim()).ok()
+}
+
 /// A token response from a JSON object whose token sits under `token_field`
 pub(crate) fn token_from_map(
     map: &Map<String, Value>,
@@ -526,6 +542,27 @@ mod tests {
             http::HeaderValue::from_static("1500"),
         );
         assert_eq!(retry_after(&headers), Some(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn token_answers_carry_the_server_date_when_it_is_valid() {
+        let body = br#"{"access_token":"eyJ.a.b","expires_in":"3599"}"#.to_vec();
+        let mut response = http::Response::new(body);
+        assert_eq!(token_response(&response, "test").unwrap().server_date, None);
+        response.headers_mut().insert(
+            "date",
+            http::HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"),
+        );
+        assert_eq!(
+            token_response(&response, "test").unwrap().server_date,
+            Some(std::time::UNIX_EPOCH + Duration::from_secs(784_111_777))
+        );
+        response
+            .headers_mut()
+            .insert("date", http::HeaderValue::from_static("yesterday"));
+        let token = token_response(&response, "test").unwrap();
+        assert_eq!(token.server_date, None, "a bad Date is ignored");
+        assert_eq!(token.expires_in, Some(3599));
     }
 
     #[test]

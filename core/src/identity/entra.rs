@@ -143,9 +143,8 @@ impl EntraClient {
 /// A [`ResponseError`] with Entra's error body attached and the retry classification above; a
 /// 2xx answer without an `access_token` is not retryable.
 pub fn parse_response(response: &http::Response<Vec<u8>>) -> Result<TokenResponse, ResponseError> {
-    let status = response.status().as_u16();
     if response.status().is_success() {
-        common::token_body(response.body(), "Entra ID", status)
+        common::token_response(response, "Entra ID")
     } else {
         Err(common::status_error(
             response,

@@ -167,7 +167,7 @@ pub(crate) fn parse_imds_like(
 ) -> Result<TokenResponse, ResponseError> {
     let status = response.status().as_u16();
     if response.status().is_success() {
-        return common::token_body(response.body(), source, status);
+        return common::token_response(response, source);
     }
     if is_unreachable_proxy(response) {
         return Err(ResponseError::new(
