@@ -279,6 +279,17 @@ impl Drop for Running<'_> {
     }
 }
 
+/// Whether the thread ending on `cell` must go on: a generation newer than the connection's
+/// arrived after it looked, and no other thread took the connection since
+fn newer_arrived(cell: &LinkCell, provider: &Provider) -> bool {
+    cell.reauth_running.store(false, Ordering::Release);
+    let status = cell.status();
+    let newer = provider
+        .current()
+        .is_some_and(|(g, _)| status.generation.is_none_or(|have| have < g));
+    status.open && newer && !cell.reauth_running.swap(true, Ordering::AcqRel)
+}
+
 /// Brings one idle connection to the newest generation: retries a busy connection and a
 /// refused `AUTH` with backoff until it succeeds, a newer generation supersedes it (and is
 /// applied instead), the connection is closed or dropped, or the provider stops
@@ -306,7 +317,15 @@ fn reauth_connection(cell: &Weak<LinkCell>, reauthenticator: &Weak<Reauthenticat
                 pause
             }
             Ok(mut link) => match attempt(&cell, &mut link, provider, generation, &credentials) {
-                Attempt::Done => return,
+                Attempt::Done => {
+                    drop(link);
+                    if newer_arrived(&cell, provider) {
+                        continue;
+                    }
+                    // Another thread, if any, owns the flag now.
+                    std::mem::forget(_running);
+                    return;
+                }
                 Attempt::Again => continue,
                 Attempt::Retry => {
                     let pause = retry_pause;
@@ -317,7 +336,14 @@ fn reauth_connection(cell: &Weak<LinkCell>, reauthenticator: &Weak<Reauthenticat
             Err(TryLockError::Poisoned(p)) => {
                 let mut link = p.into_inner();
                 match attempt(&cell, &mut link, provider, generation, &credentials) {
-                    Attempt::Done => return,
+                    Attempt::Done => {
+                        drop(link);
+                        if newer_arrived(&cell, provider) {
+                            continue;
+                        }
+                        std::mem::forget(_running);
+                        return;
+                    }
                     Attempt::Again => continue,
                     Attempt::Retry => RETRY_MAX,
                 }

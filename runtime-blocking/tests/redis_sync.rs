@@ -313,10 +313,11 @@ fn a_refused_reauth_is_retried_until_it_succeeds() {
 }
 
 #[test]
-fn a_refused_command_auth_is_retried_with_the_same_token() {
+fn refused_connect_and_command_auths_are_retried() {
     let emu = emulator(Duration::from_secs(3600));
-    // The refused connect fetches the second token; the rotation the third, cached from then on.
-    let provider = provider_with_tokens(&emu, 3);
+    // Each refusal makes the provider fetch a fresh token: enough tokens that a rotation is
+    // always newer (the retry of one same token is covered by the idle test above).
+    let provider = provider_with_tokens(&emu, 20);
     let client = EntraClient::new(
         redis::Client::open(format!("redis://{}", emu.redis_addr().unwrap())).unwrap(),
         provider.clone(),
