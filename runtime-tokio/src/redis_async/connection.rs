@@ -157,6 +157,22 @@ pub(crate) async fn usable_credentials(
     }
 }
 
+/// `client` with `credentials` in its connection settings, so redis-rs authenticates during
+/// its own handshake: with RESP3 it sends `HELLO 3 AUTH user token`, so the protocol switch
+/// never precedes authentication
+pub(crate) fn with_credentials(
+    client: &redis::Client,
+    credentials: &Credentials,
+) -> RedisResult<redis::Client> {
+    let info = client.get_connection_info().clone();
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_username(credentials.username())
+        .set_password(credentials.password().expose_secret());
+    redis::Client::open(info.set_redis_settings(settings))
+}
+
 /// Aborts the re-authentication task when the last handle of its connection is dropped
 #[derive(Debug)]
 struct TaskGuard(JoinHandle<()>);
@@ -190,15 +206,7 @@ impl EntraConnection {
         credentials: &Credentials,
         expires_at: Option<std::time::Instant>,
     ) -> RedisResult<Self> {
-        let info = client.get_connection_info().clone();
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_username(credentials.username())
-            .set_password(credentials.password().expose_secret());
-        // With RESP3, redis-rs sends `HELLO 3 AUTH user token`, so the protocol switch never
-        // precedes authentication.
-        let con = redis::Client::open(info.set_redis_settings(settings))?
+        let con = with_credentials(client, credentials)?
             .get_multiplexed_async_connection_with_config(config)
             .await?;
         let held = Held {

@@ -72,13 +72,7 @@ async fn open_pubsub(
     client: &redis::Client,
     credentials: &Credentials,
 ) -> RedisResult<redis::aio::PubSub> {
-    let info = client.get_connection_info().clone();
-    let settings = info
-        .redis_settings()
-        .clone()
-        .set_username(credentials.username())
-        .set_password(credentials.password().expose_secret());
-    redis::Client::open(info.set_redis_settings(settings))?
+    super::connection::with_credentials(client, credentials)?
         .get_async_pubsub()
         .await
 }
