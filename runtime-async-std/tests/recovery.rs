@@ -102,9 +102,7 @@ fn manager_serves_again_within_two_seconds_of_a_token_after_an_outage_past_expir
         let provider = provider(&emu, secret_flow(&emu), config(Duration::from_millis(500))).await;
         let client = entra_client(&emu, &provider);
         let mut manager = client
-            .get_connection_manager_with_config(
-                ManagerConfig::new().connection(response_timeout()),
-            )
+            .get_connection_manager_with_config(ManagerConfig::new().connection(response_timeout()))
             .await
             .unwrap();
         let mut direct = client
@@ -188,9 +186,7 @@ fn a_refused_reauth_is_retried_and_the_connection_survives() {
             );
         }
         let mut manager = client
-            .get_connection_manager_with_config(
-                ManagerConfig::new().connection(response_timeout()),
-            )
+            .get_connection_manager_with_config(ManagerConfig::new().connection(response_timeout()))
             .await
             .unwrap();
         let mut generation = current_generation(&provider);

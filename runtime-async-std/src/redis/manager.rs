@@ -188,7 +188,11 @@ impl EntraConnectionManager {
     }
 
     async fn connection(&self) -> RedisResult<(EntraConnection, u64)> {
-        let current = self.inner.slot.settled(self.inner.config.command_wait).await;
+        let current = self
+            .inner
+            .slot
+            .settled(self.inner.config.command_wait)
+            .await;
         match current {
             Slot::Connected { con, epoch } => Ok((con, epoch)),
             Slot::Stopped => Err(RedisError::from((
