@@ -88,7 +88,9 @@ async fn wait_startup_returns_with_the_first_token_under_async_std() {
 #[test]
 fn short_tokens_rotate_under_smol_and_subscribers_see_every_generation_in_order() {
     smol::block_on(async {
-        let (_, fetcher) = counting(1);
+        // Two-second tokens: an integer `expires_in` counts 1 s short (core), so a 1 s
+        // token would arrive already expired; these live 1 s, refreshed every 0.5 s.
+        let (_, fetcher) = counting(2);
         let provider = Provider::builder()
             .config(fast())
             .build_with_fetcher(fetcher, |d| smol::spawn(d).detach())
@@ -201,7 +203,9 @@ async fn wrongpass_report_fetches_a_fresh_token_and_is_an_event() {
 
 #[async_std::test]
 async fn a_slow_event_subscriber_never_delays_refreshes() {
-    let (_, fetcher) = counting(1);
+    // Two-second tokens: an integer `expires_in` counts 1 s short (core), so a 1 s
+    // token would arrive already expired; these live 1 s, refreshed every 0.5 s.
+    let (_, fetcher) = counting(2);
     let provider = Provider::builder()
         .config(fast())
         .event_capacity(1)
