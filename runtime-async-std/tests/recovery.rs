@@ -305,3 +305,58 @@ fn app_service_tokens_that_arrive_at_the_last_moment_keep_every_connection() {
         eprintln!("App Service: least margin over the rounds {last_margin:?}");
     });
 }
+
+#[test]
+fn connections_do_not_keep_the_driver_alive() {
+    let emu = emulator(Duration::from_secs(60));
+    smol::block_on(async {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let provider = Provider::builder()
+            .config(config(Duration::from_millis(500)))
+            .http(
+                HttpConfig::default()
+                    .add_root_ca(emu.ca_cert_path())
+                    .ignore_ssl_cert_file(),
+            )
+            .startup(Startup::Wait(Duration::from_secs(10)))
+            .build(secret_flow(&emu), |driver| {
+                tx.send(smol::spawn(driver)).unwrap();
+            })
+            .await
+            .unwrap();
+        let driver = rx.recv().unwrap();
+        let client = entra_client(&emu, &provider);
+        let mut con = client
+            .get_multiplexed_connection_with_config(&response_timeout())
+            .await
+            .unwrap();
+        let mut manager = client
+            .get_connection_manager_with_config(ManagerConfig::new().connection(response_timeout()))
+            .await
+            .unwrap();
+        drop(client);
+        drop(provider);
+        let dropped = Instant::now();
+        // The driver ends at its next poll after the last `Provider` sends `Shutdown`; 5 s
+        // only bounds a failure (measured: well under a millisecond, printed below).
+        let ended = smol::future::or(
+            async {
+                driver.await;
+                true
+            },
+            async {
+                Timer::after(Duration::from_secs(5)).await;
+                false
+            },
+        )
+        .await;
+        eprintln!(
+            "driver ended {:?} after the last Provider was dropped",
+            dropped.elapsed()
+        );
+        assert!(ended, "a connection kept the driver alive");
+        // The connections keep working on the token they hold (valid for a minute).
+        let _: i64 = con.incr("orphans", 1).await.unwrap();
+        let _: i64 = manager.incr("orphans", 1).await.unwrap();
+    });
+}

@@ -226,12 +226,7 @@ fn print_fan_out(reports: &[FanOutReport]) {
     for r in reports {
         println!(
             "      generation {}: {} connections, p50 {:?}, p99 {:?}, max {:?}, margin {:?}",
-            r.generation.0,
-            r.connections,
-            r.p50,
-            r.p99,
-            r.max,
-            r.min_margin
+            r.generation.0, r.connections, r.p50, r.p99, r.max, r.min_margin
         );
     }
 }
