@@ -6,6 +6,14 @@
 //! ureq identity executor as the blocking runtime, so a slow identity endpoint never stalls the
 //! executor. Handles are cheap clones; dropping the last one ends the driver.
 //!
+//! With the `redis` feature, `redis::EntraClient` opens redis-rs multiplexed connections and
+//! connection managers whose re-authentication this crate owns: every newer token is sent
+//! with `AUTH`, retried until it works, and a lost connection is reopened with the latest
+//! usable token. Those tasks run on smol's global executor, as redis-rs's own connection tasks
+//! do. Moving from `AsyncConnectionConfig::set_credentials_provider(provider)`: open the
+//! connections through `EntraClient::new(client, provider)` instead; the provider remains a
+//! `StreamingCredentialsProvider` for async cluster connections. See the `redis` module.
+//!
 //! async-std itself is discontinued upstream (RUSTSEC-2025-0052) and only a dev-dependency
 //! here: nothing in this crate depends on it.
 //!

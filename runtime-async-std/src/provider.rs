@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
@@ -22,7 +23,7 @@ use redis_entraid_core::token::{Credentials, TokenResponse};
 
 use crate::shared::Shared;
 
-enum Command {
+pub(crate) enum Command {
     Fetched {
         id: RequestId,
         result: Result<TokenResponse, FetchError>,
@@ -124,6 +125,9 @@ impl ProviderBuilder {
                 commands: tx,
                 events: inactive,
                 config: self.config,
+                reported: Arc::new(AtomicU64::new(0)),
+                #[cfg(feature = "redis")]
+                fan_out: Arc::default(),
             }),
         };
         (provider, Driver(Box::pin(run)))
@@ -198,6 +202,11 @@ struct Inner {
     commands: Sender<Command>,
     events: InactiveReceiver<Event>,
     config: Config,
+    /// The newest generation a connection failure was reported for (one report each)
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    reported: Arc<AtomicU64>,
+    #[cfg(feature = "redis")]
+    fan_out: Arc<crate::redis::FanOutLog>,
 }
 
 impl Drop for Inner {
@@ -349,6 +358,29 @@ impl Provider {
             .try_send(Command::Reauth { generation, result });
     }
 
+    /// A handle that does not keep the driver alive (used by connection integrations)
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn downgrade(&self) -> WeakProvider {
+        WeakProvider {
+            shared: Arc::clone(&self.inner.shared),
+            commands: self.inner.commands.clone(),
+            reported: Arc::clone(&self.inner.reported),
+            #[cfg(feature = "redis")]
+            fan_out: Arc::clone(&self.inner.fan_out),
+        }
+    }
+
+    /// How the latest rotations reached the connections this crate re-authenticates in place
+    /// ([`EntraConnection`](crate::redis::EntraConnection) and the connections of an
+    /// [`EntraConnectionManager`](crate::redis::EntraConnectionManager)): per generation, the
+    /// latency from the token's arrival to each connection's `AUTH` OK (p50, p99, max),
+    /// retried attempts and the least margin left on the replaced tokens. Oldest first; the
+    /// last 64 rotations are kept.
+    #[cfg(feature = "redis")]
+    pub fn fan_out_reports(&self) -> Vec<crate::redis::FanOutReport> {
+        self.inner.fan_out.reports()
+    }
+
     /// Stops the driver and waits until it has stopped (other clones then see
     /// [`Status::Stopped`])
     pub async fn shutdown(&self) {
@@ -357,6 +389,38 @@ impl Provider {
             .shared
             .wait_until(Some(Duration::from_secs(5)), |s| s.stopped.then_some(()))
             .await;
+    }
+}
+
+/// What connection integrations hold: the shared state and a way to report back, without
+/// keeping the driver alive once every [`Provider`] is gone (the driver stops when the last
+/// `Provider` drops, whatever holds one of these)
+#[derive(Clone)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) struct WeakProvider {
+    pub(crate) shared: Arc<Shared>,
+    commands: Sender<Command>,
+    reported: Arc<AtomicU64>,
+    #[cfg(feature = "redis")]
+    pub(crate) fan_out: Arc<crate::redis::FanOutLog>,
+}
+
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+impl WeakProvider {
+    /// Whether this is the first failure report for `generation` (later ones are dropped)
+    pub(crate) fn first_report_for(&self, generation: Generation) -> bool {
+        self.reported.fetch_max(generation.0, Ordering::Relaxed) < generation.0
+    }
+
+    /// Sends `command` to the driver if it still runs (never blocks: the channel is unbounded)
+    pub(crate) fn send(&self, command: Command) {
+        let _ = self.commands.try_send(command);
+    }
+}
+
+impl fmt::Debug for WeakProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WeakProvider").finish_non_exhaustive()
     }
 }
 
@@ -468,8 +532,16 @@ fn drain(
                     "new credentials"
                 );
                 let status = machine.status();
+                let expires_at = match status {
+                    Status::Valid { expires_at, .. } | Status::Retrying { expires_at, .. } => {
+                        Some(expires_at)
+                    }
+                    _ => None,
+                };
                 shared.update(|s| {
                     s.latest = Some((generation, credentials));
+                    s.received = Some(Instant::now());
+                    s.expires_at = expires_at;
                     s.last_error = None;
                     s.status = status;
                 });

@@ -13,6 +13,12 @@ use redis_entraid_core::token::Credentials;
 #[derive(Debug)]
 pub(crate) struct State {
     pub(crate) latest: Option<(Generation, Credentials)>,
+    /// When `latest` arrived
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) received: Option<Instant>,
+    /// When `latest` expires, as the machine reckons it
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) expires_at: Option<Instant>,
     pub(crate) status: Status,
     pub(crate) last_error: Option<FetchError>,
     pub(crate) failures_before_first_token: u32,
@@ -30,6 +36,8 @@ impl Shared {
         Self {
             state: Mutex::new(State {
                 latest: None,
+                received: None,
+                expires_at: None,
                 status: Status::Starting { failures: 0 },
                 last_error: None,
                 failures_before_first_token: 0,

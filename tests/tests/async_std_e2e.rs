@@ -1,8 +1,11 @@
 //! End to end on the async-io runtime (async-std / smol): redis-rs multiplexed connections and
-//! a RESP3 subscriber that re-authenticate through `StreamingCredentialsProvider`, over real
-//! sockets and a real redis-server behind the emulator's expiry-enforcing proxy
+//! a RESP3 subscriber opened through `EntraClient` (re-authentication owned by this crate),
+//! over real sockets and a real redis-server behind the emulator's expiry-enforcing proxy
 //!
-//! Six-second tokens, 42 seconds, every identity flow at once.
+//! Six-second tokens, 42 seconds, every identity flow at once; each rotation's fan-out
+//! (token arrival to every connection's `AUTH` OK, and the margin left on the replaced token)
+//! is printed. (The async-std crate's own `tests/recovery.rs` covers outages past expiry,
+//! refused re-`AUTH`s and the connection manager.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
 
@@ -10,8 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, PushKind};
+use redis_entraid_async_std::redis::{EntraClient, FanOutReport};
 use redis_entraid_async_std::{HttpConfig, Provider, Startup};
 use redis_entraid_core::event::Event;
 use redis_entraid_emulator::{ClientCertificate, Emulator};
@@ -24,7 +27,7 @@ async fn run_flow(
     emu: &Emulator,
     ca: std::path::PathBuf,
     duration: Duration,
-) -> (Report, u64, u64) {
+) -> (Report, u64, u64, Vec<FanOutReport>) {
     let provider = Provider::builder()
         .config(e2e_config())
         .http(HttpConfig::default().add_root_ca(ca).ignore_ssl_cert_file())
@@ -34,8 +37,11 @@ async fn run_flow(
         .unwrap_or_else(|e| panic!("{}: {e}", flow.name));
     let mut events = provider.events();
     let addr = emu.redis_addr().expect("proxy address");
-    let client = redis::Client::open(format!("redis://{addr}/?protocol=resp3")).unwrap();
-    let config = AsyncConnectionConfig::new().set_credentials_provider(provider.clone());
+    let client = EntraClient::new(
+        redis::Client::open(format!("redis://{addr}/?protocol=resp3")).unwrap(),
+        provider.clone(),
+    );
+    let config = AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(5)));
     let commands = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + duration;
@@ -54,15 +60,15 @@ async fn run_flow(
                 Ok(())
             });
     let mut subscriber = client
-        .get_multiplexed_async_connection_with_config(&sub_config)
+        .get_multiplexed_connection_with_config(&sub_config)
         .await
         .unwrap();
     subscriber.subscribe(&channel).await.unwrap();
 
     let mut tasks = Vec::new();
     for w in 0..CONNECTIONS {
-        let mut conn: MultiplexedConnection = client
-            .get_multiplexed_async_connection_with_config(&config)
+        let mut conn = client
+            .get_multiplexed_connection_with_config(&config)
             .await
             .unwrap();
         let (commands, failures) = (Arc::clone(&commands), Arc::clone(&failures));
@@ -124,6 +130,8 @@ async fn run_flow(
         }
     }
     let generation = provider.current().map_or(0, |(g, _)| g.0);
+    // Taken while the subscriber still lives: it re-authenticated with every rotation.
+    let fan_out = provider.fan_out_reports();
     drop(subscriber);
     let report = Report {
         name: flow.name.to_owned(),
@@ -133,7 +141,7 @@ async fn run_flow(
         rotations: generation.saturating_sub(1),
         fetch_failures,
     };
-    (report, published, received.load(Ordering::Relaxed))
+    (report, published, received.load(Ordering::Relaxed), fan_out)
 }
 
 #[test]
@@ -168,9 +176,10 @@ fn multiplexed_connections_and_a_resp3_subscriber_survive_rotations_on_every_flo
     }));
     let _ = std::fs::remove_file(&pem);
     let counters = emu.counters();
-    println!("\nasync-io runtime (smol executor), 6 s tokens, 42 s, redis-rs multiplexed + RESP3 pub/sub");
-    for (report, published, received) in &results {
+    println!("\nasync-io runtime (smol executor), 6 s tokens, 42 s, EntraClient multiplexed + RESP3 pub/sub");
+    for (report, published, received, fan_out) in &results {
         println!("  {report}  pub/sub {received}/{published} received");
+        print_fan_out(fan_out);
     }
     println!(
         "  emulator: {} connections accepted, {} AUTH ok, {} AUTH failed, {} closed for expiry",
@@ -179,8 +188,14 @@ fn multiplexed_connections_and_a_resp3_subscriber_survive_rotations_on_every_flo
         counters.redis_auth_failed,
         counters.redis_closed_for_expiry
     );
-    for (report, published, received) in &results {
+    for (report, published, received, fan_out) in &results {
         assert_eq!(report.failures, 0, "{report}");
+        // Every rotation reached every connection (the subscriber included); the last one may
+        // have arrived while the workers were ending, so it is not counted.
+        let (_, complete) = fan_out.split_last().expect("at least one rotation");
+        for r in complete {
+            assert_eq!(r.connections, report.connections, "{}: {r:?}", report.name);
+        }
         assert!(
             report.rotations >= SCENARIO_DURATION.as_secs() / TOKEN_LIFETIME.as_secs(),
             "{report}"
@@ -193,4 +208,25 @@ fn multiplexed_connections_and_a_resp3_subscriber_survive_rotations_on_every_flo
         );
     }
     assert_eq!(counters.redis_closed_for_expiry, 0);
+}
+
+/// One line per flow: the worst of its rotations, then each rotation
+fn print_fan_out(reports: &[FanOutReport]) {
+    let worst = |f: fn(&FanOutReport) -> Duration| reports.iter().map(f).max().unwrap_or_default();
+    let least_margin = reports.iter().filter_map(|r| r.min_margin).min();
+    let retried: u64 = reports.iter().map(|r| r.failed_attempts).sum();
+    println!(
+        "    fan-out over {} rotations: worst p50 {:?}, worst p99 {:?}, max {:?}, least margin left {:?}, {retried} retried AUTHs",
+        reports.len(),
+        worst(|r| r.p50),
+        worst(|r| r.p99),
+        worst(|r| r.max),
+        least_margin,
+    );
+    for r in reports {
+        println!(
+            "      generation {}: {} connections, p50 {:?}, p99 {:?}, max {:?}, margin {:?}",
+            r.generation.0, r.connections, r.p50, r.p99, r.max, r.min_margin
+        );
+    }
 }
