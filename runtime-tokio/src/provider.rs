@@ -412,6 +412,14 @@ pub(crate) struct WeakProvider {
     pub(crate) fan_out: Arc<crate::redis_async::FanOutLog>,
 }
 
+impl fmt::Debug for WeakProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WeakProvider")
+            .field("stopped", &self.state.borrow().stopped)
+            .finish_non_exhaustive()
+    }
+}
+
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 impl WeakProvider {
     /// Whether this is the first failure report for `generation` (later ones are dropped)

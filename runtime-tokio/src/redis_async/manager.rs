@@ -83,9 +83,12 @@ enum Slot {
     Stopped,
 }
 
+/// What the manager and its reconnect task share. It holds the provider weakly: a manager
+/// alone never keeps the driver alive.
 #[derive(Debug)]
 struct Inner {
-    client: EntraClient,
+    client: redis::Client,
+    provider: WeakProvider,
     config: ManagerConfig,
     slot: watch::Sender<Slot>,
 }
@@ -110,11 +113,13 @@ pub struct EntraConnectionManager {
 impl EntraConnectionManager {
     pub(crate) async fn new(client: EntraClient, config: ManagerConfig) -> RedisResult<Self> {
         let provider = client.provider().downgrade();
+        let client = client.client().clone();
         let con = connect_once(&client, &provider, &config, None).await?;
         let (slot, _) = watch::channel(Slot::Connected { con, epoch: 0 });
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
+                provider,
                 config,
                 slot,
             }),
@@ -182,7 +187,7 @@ impl EntraConnectionManager {
 /// One connection attempt with the latest usable credentials (newer than `refused`, when
 /// set), waiting at most the connect timeout for them
 async fn connect_once(
-    client: &EntraClient,
+    client: &redis::Client,
     provider: &WeakProvider,
     config: &ManagerConfig,
     refused: Option<Generation>,
@@ -191,7 +196,7 @@ async fn connect_once(
         let (generation, credentials, expires_at) =
             usable_credentials(provider, refused, config.connect_timeout).await?;
         EntraConnection::open(
-            client.client(),
+            client,
             &config.connection,
             provider.clone(),
             generation,
@@ -228,9 +233,12 @@ async fn reconnect(inner: Weak<Inner>, epoch: u64) {
     loop {
         // Hold the manager only while touching it, so dropping it ends this task.
         let Some(this) = inner.upgrade() else { return };
-        let (client, config) = (this.client.clone(), this.config.clone());
+        let (client, provider, config) = (
+            this.client.clone(),
+            this.provider.clone(),
+            this.config.clone(),
+        );
         drop(this);
-        let provider = client.provider().downgrade();
         if provider.state.borrow().stopped {
             if let Some(this) = inner.upgrade() {
                 this.slot.send_replace(Slot::Stopped);
@@ -299,7 +307,6 @@ impl ConnectionLike for EntraConnectionManager {
     fn get_db(&self) -> i64 {
         self.inner
             .client
-            .client()
             .get_connection_info()
             .redis_settings()
             .db()
