@@ -8,5 +8,7 @@ if [ -f .ci/install-redis.sh ]; then
 fi
 cargo test --all-features \
     -p redis-entraid-tokio --test end_to_end --test recovery \
+    -p redis-entraid-async-std --test recovery \
+    -p redis-entraid-blocking --test redis_sync \
     -p redis-entraid-tests --test tokio_e2e --test async_std_e2e --test blocking_e2e \
     "$@" -- --nocapture
