@@ -121,6 +121,7 @@ pub mod backoff;
 pub mod config;
 pub mod error;
 pub mod event;
+pub mod fan_out;
 pub mod identity;
 pub mod jwt;
 pub mod machine;

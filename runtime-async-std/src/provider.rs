@@ -206,7 +206,7 @@ struct Inner {
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     reported: Arc<AtomicU64>,
     #[cfg(feature = "redis")]
-    fan_out: Arc<crate::redis::FanOutLog>,
+    fan_out: Arc<redis_entraid_core::fan_out::FanOutLog>,
 }
 
 impl Drop for Inner {
@@ -402,7 +402,7 @@ pub(crate) struct WeakProvider {
     commands: Sender<Command>,
     reported: Arc<AtomicU64>,
     #[cfg(feature = "redis")]
-    pub(crate) fan_out: Arc<crate::redis::FanOutLog>,
+    pub(crate) fan_out: Arc<redis_entraid_core::fan_out::FanOutLog>,
 }
 
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]

@@ -224,7 +224,7 @@ struct Inner {
     task: JoinHandle<()>,
     reported: Arc<std::sync::atomic::AtomicU64>,
     #[cfg(feature = "redis")]
-    fan_out: Arc<crate::redis_async::FanOutLog>,
+    fan_out: Arc<redis_entraid_core::fan_out::FanOutLog>,
 }
 
 impl Drop for Inner {
@@ -409,7 +409,7 @@ pub(crate) struct WeakProvider {
     commands: mpsc::WeakUnboundedSender<Command>,
     reported: Arc<std::sync::atomic::AtomicU64>,
     #[cfg(feature = "redis")]
-    pub(crate) fan_out: Arc<crate::redis_async::FanOutLog>,
+    pub(crate) fan_out: Arc<redis_entraid_core::fan_out::FanOutLog>,
 }
 
 impl fmt::Debug for WeakProvider {

@@ -59,14 +59,12 @@
 //! on the replaced token) is in [`Provider::fan_out_reports`].
 
 mod connection;
-mod fan_out;
 mod manager;
 mod reauth;
 
 pub use connection::{EntraClient, EntraConnection};
-pub(crate) use fan_out::FanOutLog;
-pub use fan_out::FanOutReport;
 pub use manager::{EntraConnectionManager, ManagerConfig};
+pub use redis_entraid_core::fan_out::FanOutReport;
 
 use std::pin::Pin;
 

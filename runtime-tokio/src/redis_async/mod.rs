@@ -38,15 +38,13 @@
 //! guaranteed.
 
 mod connection;
-mod fan_out;
 mod manager;
 mod reauth;
 mod resp2;
 
 pub use connection::{EntraClient, EntraConnection};
-pub(crate) use fan_out::FanOutLog;
-pub use fan_out::FanOutReport;
 pub use manager::{EntraConnectionManager, ManagerConfig};
+pub use redis_entraid_core::fan_out::FanOutReport;
 pub use resp2::Resp2Subscriber;
 
 use std::pin::Pin;

@@ -1,11 +1,15 @@
 //! What each rotation cost: how long from a new token's arrival until every connection had
 //! re-authenticated with it, and how much of the old token's life was left then
+//!
+//! Runtimes record each connection's `AUTH` outcome here (the latency and margin are measured
+//! by the runtime, with its clock; this module only keeps and summarises them) and hand the
+//! summaries to users as `Provider::fan_out_reports()`.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use redis_entraid_core::event::Generation;
+use crate::event::Generation;
 
 /// How many rotations the log keeps (older ones are dropped first)
 const KEPT_ROTATIONS: usize = 64;
@@ -44,9 +48,10 @@ struct Rotation {
     min_margin: Option<Duration>,
 }
 
-/// The per-provider log every re-authenticating connection writes to
+/// The per-provider log every re-authenticating connection writes to (shared by reference;
+/// the lock is held for a push or a copy, never across anything else)
 #[derive(Debug, Default)]
-pub(crate) struct FanOutLog {
+pub struct FanOutLog {
     rotations: Mutex<VecDeque<Rotation>>,
 }
 
@@ -76,12 +81,9 @@ impl FanOutLog {
         f(rotation);
     }
 
-    pub(crate) fn record_ok(
-        &self,
-        generation: Generation,
-        latency: Duration,
-        margin: Option<Duration>,
-    ) {
+    /// A connection's `AUTH` with `generation` was answered `OK` `latency` after the token
+    /// arrived, with `margin` left on the token it replaced (if it held one)
+    pub fn record_ok(&self, generation: Generation, latency: Duration, margin: Option<Duration>) {
         self.with_rotation(generation, |r| {
             r.latencies.push(latency);
             if let Some(margin) = margin {
@@ -90,11 +92,13 @@ impl FanOutLog {
         });
     }
 
-    pub(crate) fn record_failure(&self, generation: Generation) {
+    /// A connection's `AUTH` with `generation` failed (and will be retried)
+    pub fn record_failure(&self, generation: Generation) {
         self.with_rotation(generation, |r| r.failed_attempts += 1);
     }
 
-    pub(crate) fn reports(&self) -> Vec<FanOutReport> {
+    /// One report per recorded rotation, oldest first
+    pub fn reports(&self) -> Vec<FanOutReport> {
         let rotations = self
             .rotations
             .lock()
