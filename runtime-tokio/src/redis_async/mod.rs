@@ -47,7 +47,7 @@ pub use connection::{EntraClient, EntraConnection};
 pub(crate) use fan_out::FanOutLog;
 pub use fan_out::FanOutReport;
 pub use manager::{EntraConnectionManager, ManagerConfig};
-pub use resp2::Resp2Subscriber;
+pub use resp2::{Resp2Subscriber, RESP2_DEFAULT_CAPACITY};
 
 use std::pin::Pin;
 
