@@ -266,3 +266,33 @@ fn threads_and_memory_stay_flat_over_1000_fetches_against_hostile_endpoints() {
         .contains("larger than the 1048576 bytes allowed"));
 }
 
+
+/// Two million commands sent faster than the driver thread can read them
+#[cfg(target_os = "linux")]
+#[test]
+fn a_flood_of_commands_stays_bounded_and_shutdown_still_lands() {
+    let source = |_timeout: Duration| {
+        Ok(TokenResponse::new(unsigned_token(r#"{"oid":"me","exp":4102444800}"#))
+            .with_expires_in(3600))
+    };
+    let provider = Provider::builder()
+        .startup(Startup::Wait(Duration::from_secs(5)))
+        .build_with_fetcher(source)
+        .unwrap();
+    let (generation, _) = provider.current().unwrap();
+    let (_, rss_before) = threads_and_rss();
+    for _ in 0..1_000_000 {
+        provider.refresh_now();
+        provider.report_reauth(generation, Ok(()));
+    }
+    let (_, rss_after) = threads_and_rss();
+    eprintln!("VmRSS {rss_before} -> {rss_after} KiB over two million commands");
+    // Bound: 8 MiB. The queue holds 64 commands; unbounded, two million took 230 MiB more.
+    assert!(
+        rss_after <= rss_before + 8 * 1024,
+        "VmRSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    // However full the queue, shutdown is a flag and cannot be lost.
+    provider.shutdown();
+    assert_eq!(provider.status(), Status::Stopped);
+}
