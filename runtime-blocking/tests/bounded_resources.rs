@@ -50,6 +50,7 @@ fn hanging_callback() -> (CustomSource, Arc<AtomicU32>, mpsc::Sender<()>) {
 
 #[test]
 fn a_hung_custom_callback_runs_once_and_later_fetches_say_it_is_still_running() {
+    let _serial = serial();
     let (source, calls, release) = hanging_callback();
     let fetcher = fetcher(TokenSource::Custom(source));
     let started = Instant::now();
@@ -80,6 +81,7 @@ fn a_hung_custom_callback_runs_once_and_later_fetches_say_it_is_still_running() 
 
 #[test]
 fn an_identity_answer_over_one_mebibyte_is_refused_naming_the_cap() {
+    let _serial = serial();
     let server = HostileServer::start(Hostility::HugeBody {
         bytes: 512 * 1024 * 1024,
     })
@@ -94,6 +96,7 @@ fn an_identity_answer_over_one_mebibyte_is_refused_naming_the_cap() {
 
 #[test]
 fn a_slow_drip_answer_ends_at_the_fetch_deadline() {
+    let _serial = serial();
     let server = HostileServer::start(Hostility::SlowDrip {
         every: Duration::from_millis(20),
     })
@@ -110,6 +113,7 @@ fn a_slow_drip_answer_ends_at_the_fetch_deadline() {
 #[cfg(unix)]
 #[test]
 fn a_cli_whose_grandchild_holds_stdout_ends_at_the_deadline_and_the_group_is_killed() {
+    let _serial = serial();
     use std::os::unix::fs::PermissionsExt;
     let dir = std::env::temp_dir().join(format!("fake-az-blocking-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -147,6 +151,14 @@ fn a_cli_whose_grandchild_holds_stdout_ends_at_the_deadline_and_the_group_is_kil
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Threads and memory are per process and the tests of a binary share one: every test here
+/// holds this lock, so none disturbs another's measurement
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn failures(provider: &Provider) -> u32 {
@@ -201,6 +213,7 @@ fn until_failures(providers: &[&Provider], n: u32, limit: Duration) {
 #[cfg(target_os = "linux")]
 #[test]
 fn threads_and_memory_stay_flat_over_1000_fetches_against_hostile_endpoints() {
+    let _serial = serial();
     let huge = HostileServer::start(Hostility::HugeBody {
         bytes: 512 * 1024 * 1024,
     })
@@ -271,6 +284,7 @@ fn threads_and_memory_stay_flat_over_1000_fetches_against_hostile_endpoints() {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_flood_of_commands_stays_bounded_and_shutdown_still_lands() {
+    let _serial = serial();
     let source = |_timeout: Duration| {
         Ok(TokenResponse::new(unsigned_token(r#"{"oid":"me","exp":4102444800}"#))
             .with_expires_in(3600))

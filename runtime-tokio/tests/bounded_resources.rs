@@ -2,6 +2,8 @@
 //! slow-drip answers, CLIs that leave processes behind
 
 #![allow(clippy::unwrap_used, missing_docs)]
+// Each test has a runtime of its own; the lock only keeps tests from running side by side.
+#![allow(clippy::await_holding_lock)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -52,6 +54,7 @@ fn hanging_callback() -> (CustomSource, Arc<AtomicU32>, mpsc::Sender<()>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_custom_callback_runs_once_and_later_fetches_say_it_is_still_running() {
+    let _serial = serial();
     let (source, calls, release) = hanging_callback();
     let fetcher = fetcher(TokenSource::Custom(source));
     let started = Instant::now();
@@ -82,6 +85,7 @@ async fn a_hung_custom_callback_runs_once_and_later_fetches_say_it_is_still_runn
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_identity_answer_over_one_mebibyte_is_refused_naming_the_cap() {
+    let _serial = serial();
     let server = HostileServer::start(Hostility::HugeBody {
         bytes: 512 * 1024 * 1024,
     })
@@ -96,6 +100,7 @@ async fn an_identity_answer_over_one_mebibyte_is_refused_naming_the_cap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_drip_answer_ends_at_the_fetch_deadline() {
+    let _serial = serial();
     let server = HostileServer::start(Hostility::SlowDrip {
         every: Duration::from_millis(20),
     })
@@ -112,6 +117,7 @@ async fn a_slow_drip_answer_ends_at_the_fetch_deadline() {
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cli_whose_grandchild_holds_stdout_ends_at_the_deadline_and_the_group_is_killed() {
+    let _serial = serial();
     use std::os::unix::fs::PermissionsExt;
     let dir = std::env::temp_dir().join(format!("fake-az-tokio-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -149,6 +155,14 @@ async fn a_cli_whose_grandchild_holds_stdout_ends_at_the_deadline_and_the_group_
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Threads and memory are per process and the tests of a binary share one: every test here
+/// holds this lock, so none disturbs another's measurement
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn failures(provider: &Provider) -> u32 {
@@ -203,6 +217,7 @@ async fn until_failures(providers: &[&Provider], n: u32, limit: Duration) {
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn threads_and_memory_stay_flat_over_1000_fetches_against_hostile_endpoints() {
+    let _serial = serial();
     let huge = HostileServer::start(Hostility::HugeBody {
         bytes: 512 * 1024 * 1024,
     })
@@ -273,6 +288,7 @@ async fn threads_and_memory_stay_flat_over_1000_fetches_against_hostile_endpoint
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "current_thread")]
 async fn a_flood_of_commands_stays_bounded_and_shutdown_still_lands() {
+    let _serial = serial();
     let provider = Provider::builder()
         .startup(Startup::Wait(Duration::from_secs(5)))
         .build(|_timeout: Duration| async {
