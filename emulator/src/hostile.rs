@@ -101,7 +101,8 @@ fn serve(mut stream: TcpStream, hostility: Hostility) {
     }
     match hostility {
         Hostility::HugeBody { bytes } => {
-            let header = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n";
+            let header =
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n";
             if stream.write_all(header.as_bytes()).is_err() {
                 return;
             }
@@ -116,7 +117,8 @@ fn serve(mut stream: TcpStream, hostility: Hostility) {
             }
         }
         Hostility::SlowDrip { every } => {
-            let header = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 4096\r\n\r\n";
+            let header =
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 4096\r\n\r\n";
             if stream.write_all(header.as_bytes()).is_err() {
                 return;
             }

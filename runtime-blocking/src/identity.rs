@@ -212,8 +212,18 @@ fn run_command(spec: &CommandSpec, timeout: Duration) -> Result<CommandOutput, T
         });
         rx
     };
-    let out = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-    let err = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
     let limit = timeout.min(spec.timeout);
     let deadline = Instant::now() + limit;
     let timed_out = || {

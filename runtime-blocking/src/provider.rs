@@ -390,7 +390,11 @@ impl Provider {
     /// Never waits, and requests coalesce: any number of calls before the driver gets to them
     /// count as one (the machine would coalesce them anyway).
     pub fn refresh_now(&self) {
-        deliver(&self.inner.signals, &self.inner.commands, Command::RefreshNow);
+        deliver(
+            &self.inner.signals,
+            &self.inner.commands,
+            Command::RefreshNow,
+        );
     }
 
     /// Reports how a connection took the credentials of `generation`; a rejection of the

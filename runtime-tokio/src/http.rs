@@ -224,7 +224,10 @@ mod reqwest_client {
             };
             // Refuse early when the server says it will send too much; otherwise count what
             // arrives (a chunked body has no length). A slow drip ends at the request timeout.
-            if response.content_length().is_some_and(|n| n > MAX_BODY as u64) {
+            if response
+                .content_length()
+                .is_some_and(|n| n > MAX_BODY as u64)
+            {
                 return Err(too_large());
             }
             let mut body = Vec::new();

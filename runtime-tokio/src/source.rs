@@ -102,7 +102,11 @@ impl Drop for SlotGuard {
 }
 
 impl CallbackSlot {
-    async fn call(&self, custom: CustomSource, left: Duration) -> Result<TokenResponse, FetchError> {
+    async fn call(
+        &self,
+        custom: CustomSource,
+        left: Duration,
+    ) -> Result<TokenResponse, FetchError> {
         {
             let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(started) = *running {

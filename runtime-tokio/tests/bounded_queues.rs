@@ -32,15 +32,19 @@ async fn a_slow_resp2_reader_loses_the_oldest_messages_and_they_are_counted() {
         .await
         .unwrap();
     let url = format!("redis://{}", emu.redis_addr().unwrap());
-    let mut sub =
-        Resp2Subscriber::connect_with_capacity(redis::Client::open(url.as_str()).unwrap(), provider.clone(), 8)
+    let mut sub = Resp2Subscriber::connect_with_capacity(
+        redis::Client::open(url.as_str()).unwrap(),
+        provider.clone(),
+        8,
+    )
+    .await
+    .unwrap();
+    sub.subscribe("slow").await.unwrap();
+    let mut publisher =
+        EntraClient::new(redis::Client::open(url.as_str()).unwrap(), provider.clone())
+            .get_multiplexed_connection()
             .await
             .unwrap();
-    sub.subscribe("slow").await.unwrap();
-    let mut publisher = EntraClient::new(redis::Client::open(url.as_str()).unwrap(), provider.clone())
-        .get_multiplexed_connection()
-        .await
-        .unwrap();
     for n in 0..100u32 {
         let receivers: i64 = publisher.publish("slow", n).await.unwrap();
         assert_eq!(receivers, 1);
