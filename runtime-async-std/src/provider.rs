@@ -4,13 +4,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_broadcast::{InactiveReceiver, Receiver as EventReceiver, Sender as EventSender};
-use async_channel::{Receiver, Sender};
+use async_channel::{Receiver, Sender, TrySendError};
 use futures_lite::future;
 use redis_entraid_blocking::{Fetcher, HttpConfig, IdentityFetcher, Startup, StartupError};
 use redis_entraid_core::config::Config;
@@ -22,6 +22,57 @@ use redis_entraid_core::machine::TokenManager;
 use redis_entraid_core::token::{Credentials, TokenResponse};
 
 use crate::shared::Shared;
+
+/// How many commands may wait for the driver; beyond that, [`deliver`] coalesces or drops
+/// (see [`Provider::refresh_now`] and [`Provider::report_reauth`]) instead of queueing without
+/// limit
+const COMMAND_CAPACITY: usize = 64;
+
+/// Requests that are flags rather than queue entries, so they coalesce and a full queue can
+/// never lose them: the driver reads both after every wake-up
+#[derive(Debug, Default)]
+struct Signals {
+    refresh: AtomicBool,
+    shutdown: AtomicBool,
+}
+
+/// Hands `command` to the driver without ever waiting: a refresh request sets the refresh
+/// flag (queueing a wake-up only if none is pending), a shutdown sets the shutdown flag, and a
+/// re-authentication report is queued if there is room, else dropped (a dropped rejection still
+/// sets the refresh flag, so the fresh token it asks for is not lost)
+fn deliver(signals: &Signals, commands: &Sender<Command>, command: Command) {
+    match command {
+        Command::RefreshNow => {
+            if !signals.refresh.swap(true, Ordering::SeqCst) {
+                // Full: the driver wakes for what is queued and reads the flag then.
+                let _ = commands.try_send(Command::RefreshNow);
+            }
+        }
+        Command::Shutdown => {
+            signals.shutdown.store(true, Ordering::SeqCst);
+            let _ = commands.try_send(Command::Shutdown);
+        }
+        Command::Reauth { generation, result } => {
+            let rejected = matches!(&result, Err(e) if e.is_credential_rejection());
+            if let Err(TrySendError::Full(_)) =
+                commands.try_send(Command::Reauth { generation, result })
+            {
+                tracing::debug!(
+                    generation = generation.0,
+                    "the driver's command queue is full; a re-authentication report was dropped"
+                );
+                if rejected {
+                    signals.refresh.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+        // Not sent this way: fetches on the blocking pool wait for room (see `drain`), so an
+        // answer is never dropped; here, on an executor thread, nothing may wait.
+        fetched @ Command::Fetched { .. } => {
+            let _ = commands.try_send(fetched);
+        }
+    }
+}
 
 pub(crate) enum Command {
     Fetched {
@@ -106,7 +157,8 @@ impl ProviderBuilder {
     /// The provider and its driver around any [`Fetcher`], without spawning or waiting
     pub fn start_with_fetcher(self, fetcher: impl Fetcher) -> (Provider, Driver) {
         let shared = Arc::new(Shared::new());
-        let (tx, rx) = async_channel::unbounded();
+        let (tx, rx) = async_channel::bounded(COMMAND_CAPACITY);
+        let signals = Arc::new(Signals::default());
         let (mut events, inactive) =
             async_broadcast::broadcast(self.event_capacity.unwrap_or(256).max(1));
         events.set_overflow(true);
@@ -117,12 +169,14 @@ impl ProviderBuilder {
             Arc::clone(&shared),
             rx,
             tx.clone(),
+            Arc::clone(&signals),
             events.clone(),
         );
         let provider = Provider {
             inner: Arc::new(Inner {
                 shared,
                 commands: tx,
+                signals,
                 events: inactive,
                 config: self.config,
                 reported: Arc::new(AtomicU64::new(0)),
@@ -200,6 +254,7 @@ impl ProviderBuilder {
 struct Inner {
     shared: Arc<Shared>,
     commands: Sender<Command>,
+    signals: Arc<Signals>,
     events: InactiveReceiver<Event>,
     config: Config,
     /// The newest generation a connection failure was reported for (one report each)
@@ -211,8 +266,8 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // The channel is unbounded: this never blocks, and the driver ends at once.
-        let _ = self.commands.try_send(Command::Shutdown);
+        // Never blocks; a flag, so even a full queue cannot lose it.
+        deliver(&self.signals, &self.commands, Command::Shutdown);
     }
 }
 
@@ -345,17 +400,30 @@ impl Provider {
     }
 
     /// Fetches a new token as soon as the minimum refresh interval allows
+    ///
+    /// Never waits, and requests coalesce: any number of calls before the driver gets to them
+    /// count as one (the machine would coalesce them anyway).
     pub fn refresh_now(&self) {
-        let _ = self.inner.commands.try_send(Command::RefreshNow);
+        deliver(
+            &self.inner.signals,
+            &self.inner.commands,
+            Command::RefreshNow,
+        );
     }
 
     /// Reports how a connection took the credentials of `generation`; a rejection of the
     /// token (`WRONGPASS`, `NOAUTH`) makes the driver fetch a fresh one
+    ///
+    /// Never waits. Reports queue up to 64 deep; beyond that (many connections failing at
+    /// once, faster than the driver reads) a report is dropped, with its
+    /// [`Event::ReauthFailed`], but a dropped rejection still makes the driver fetch a fresh
+    /// token. Only failures for the current generation change anything.
     pub fn report_reauth(&self, generation: Generation, result: Result<(), ReauthError>) {
-        let _ = self
-            .inner
-            .commands
-            .try_send(Command::Reauth { generation, result });
+        deliver(
+            &self.inner.signals,
+            &self.inner.commands,
+            Command::Reauth { generation, result },
+        );
     }
 
     /// A handle that does not keep the driver alive (used by connection integrations)
@@ -364,6 +432,7 @@ impl Provider {
         WeakProvider {
             shared: Arc::clone(&self.inner.shared),
             commands: self.inner.commands.clone(),
+            signals: Arc::clone(&self.inner.signals),
             reported: Arc::clone(&self.inner.reported),
             #[cfg(feature = "redis")]
             fan_out: Arc::clone(&self.inner.fan_out),
@@ -384,7 +453,7 @@ impl Provider {
     /// Stops the driver and waits until it has stopped (other clones then see
     /// [`Status::Stopped`])
     pub async fn shutdown(&self) {
-        let _ = self.inner.commands.try_send(Command::Shutdown);
+        deliver(&self.inner.signals, &self.inner.commands, Command::Shutdown);
         self.inner
             .shared
             .wait_until(Some(Duration::from_secs(5)), |s| s.stopped.then_some(()))
@@ -400,6 +469,7 @@ impl Provider {
 pub(crate) struct WeakProvider {
     pub(crate) shared: Arc<Shared>,
     commands: Sender<Command>,
+    signals: Arc<Signals>,
     reported: Arc<AtomicU64>,
     #[cfg(feature = "redis")]
     pub(crate) fan_out: Arc<redis_entraid_core::fan_out::FanOutLog>,
@@ -412,9 +482,9 @@ impl WeakProvider {
         self.reported.fetch_max(generation.0, Ordering::Relaxed) < generation.0
     }
 
-    /// Sends `command` to the driver if it still runs (never blocks: the channel is unbounded)
+    /// Hands `command` to the driver if it still runs, never waiting (see [`deliver`])
     pub(crate) fn send(&self, command: Command) {
-        let _ = self.commands.try_send(command);
+        deliver(&self.signals, &self.commands, command);
     }
 }
 
@@ -450,6 +520,7 @@ async fn run(
     shared: Arc<Shared>,
     commands: Receiver<Command>,
     loopback: Sender<Command>,
+    signals: Arc<Signals>,
     events: EventSender<Event>,
 ) {
     loop {
@@ -468,15 +539,23 @@ async fn run(
             None => Some(commands.recv().await),
         };
         let now = Instant::now();
+        // The flags first: a request whose wake-up did not fit in the queue is seen here.
+        if signals.shutdown.load(Ordering::SeqCst) {
+            machine.shutdown(now);
+        }
+        if signals.refresh.swap(false, Ordering::SeqCst) {
+            machine.refresh_now(now);
+        }
         match received {
             Some(Ok(Command::Fetched { id, result, wall })) => {
                 machine.handle_response(id, result, wall, now);
             }
-            Some(Ok(Command::RefreshNow)) => machine.refresh_now(now),
+            // Wake-ups only: their flags were read above.
+            Some(Ok(Command::RefreshNow | Command::Shutdown)) => {}
             Some(Ok(Command::Reauth { generation, result })) => {
                 machine.handle_reauth_result(generation, result, now);
             }
-            Some(Ok(Command::Shutdown) | Err(_)) => machine.shutdown(now),
+            Some(Err(_)) => machine.shutdown(now),
             None => machine.handle_timeout(now),
         }
     }
@@ -514,7 +593,8 @@ fn drain(
                 // its answer comes back as a command; a late one is stale and ignored.
                 blocking::unblock(move || {
                     let result = fetcher.fetch(timeout);
-                    let _ = reply.try_send(Command::Fetched {
+                    // On a pool thread, so it may wait for room: the driver always drains.
+                    let _ = reply.send_blocking(Command::Fetched {
                         id,
                         result,
                         wall: SystemTime::now(),

@@ -202,14 +202,21 @@ impl Http {
                 builder = builder.header(name.as_str(), value);
             }
         }
+        // One byte past the cap tells a too-large answer from one of exactly the cap; a
+        // truncated body would only fail later as unparseable JSON, hiding the cause.
         let mut body = Vec::new();
         response
             .into_reader()
-            .take(MAX_BODY)
+            .take(MAX_BODY + 1)
             .read_to_end(&mut body)
             .map_err(|e| {
                 TransportError::new("the identity endpoint's answer broke off").with_source(e)
             })?;
+        if body.len() as u64 > MAX_BODY {
+            return Err(TransportError::new(format!(
+                "the identity endpoint's answer is larger than the {MAX_BODY} bytes allowed"
+            )));
+        }
         builder.body(body).map_err(|e| {
             TransportError::new("the identity endpoint sent an unusable header").with_source(e)
         })

@@ -2,11 +2,12 @@
 
 use std::io::Read;
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use redis_entraid_core::error::{FetchError, TransportError};
 use redis_entraid_core::identity::cli::{CommandOutput, CommandSpec};
+use redis_entraid_core::identity::custom::CustomSource;
 use redis_entraid_core::identity::{FetchContext, Step, TokenSource};
 use redis_entraid_core::secret::SecretBytes;
 use redis_entraid_core::token::TokenResponse;
@@ -23,6 +24,7 @@ pub struct IdentityFetcher {
     source: TokenSource,
     winner: Mutex<Option<TokenSource>>,
     http: Http,
+    callback: CallbackSlot,
 }
 
 impl std::fmt::Debug for IdentityFetcher {
@@ -43,12 +45,78 @@ impl IdentityFetcher {
             source,
             winner: Mutex::new(None),
             http: Http::new(http)?,
+            callback: CallbackSlot::default(),
         })
     }
 
     fn current_source(&self) -> TokenSource {
         let winner = self.winner.lock().unwrap_or_else(|e| e.into_inner());
         winner.clone().unwrap_or_else(|| self.source.clone())
+    }
+}
+
+/// Runs custom token callbacks one at a time, each on a thread of its own, waiting for it only
+/// until the fetch's deadline
+///
+/// A callback is ordinary blocking code that nothing can cancel. If one hangs, its thread
+/// stays until it returns; rather than starting another (one stuck thread per retry, for
+/// ever), later fetches fail at once with an error saying the earlier call is still running.
+#[derive(Default)]
+struct CallbackSlot {
+    /// When the running call started; `None` when no call runs
+    running: Arc<Mutex<Option<Instant>>>,
+}
+
+/// Frees the slot when the callback returns or panics
+struct SlotGuard(Arc<Mutex<Option<Instant>>>);
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+impl CallbackSlot {
+    fn call(&self, custom: CustomSource, left: Duration) -> Result<TokenResponse, FetchError> {
+        {
+            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(started) = *running {
+                return Err(TransportError::new(format!(
+                    "the custom token callback {:?} is still running from an earlier fetch \
+                     (started {}ms ago); not starting another until it returns",
+                    custom.name(),
+                    started.elapsed().as_millis()
+                ))
+                .into());
+            }
+            *running = Some(Instant::now());
+        }
+        let guard = SlotGuard(Arc::clone(&self.running));
+        let name = custom.name().to_owned();
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("redis-entraid-callback".to_owned())
+            .spawn(move || {
+                let _guard = guard;
+                let _ = tx.send(custom.call());
+            })
+            .map_err(|e| {
+                // The closure (and the guard in it) is dropped: the slot is free again.
+                TransportError::new("could not start a thread for the custom token callback")
+                    .with_source(e)
+            })?;
+        match rx.recv_timeout(left) {
+            Ok(result) => result,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(TransportError::new(format!(
+                "the custom token callback {name:?} did not return within {}ms",
+                left.as_millis()
+            ))
+            .into()),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(TransportError::permanent(
+                format!("the custom token callback {name:?} panicked"),
+            )
+            .into()),
+        }
     }
 }
 
@@ -82,66 +150,119 @@ fn read_file(path: &std::path::Path, max_len: u64) -> Result<SecretBytes, Transp
     Ok(SecretBytes::new(bytes))
 }
 
+/// Where CLIs run: never the application's directory, so a planted `az` there is not picked
+/// up (the rule of `redis_entraid_core::identity::cli`)
+fn command_dir() -> std::path::PathBuf {
+    if cfg!(windows) {
+        std::env::var_os("SYSTEMROOT")
+            .filter(|d| !d.is_empty())
+            .map_or_else(|| std::path::PathBuf::from(r"C:\Windows"), Into::into)
+    } else {
+        std::path::PathBuf::from("/bin")
+    }
+}
+
+/// Kills `child` and, on Unix, every process it started: the child leads a process group of
+/// its own, so a background grandchild holding stdout cannot keep a fetch waiting
+fn kill_tree(child: &mut std::process::Child) {
+    #[cfg(unix)]
+    {
+        let _ = rustix::process::kill_process_group(
+            rustix::process::Pid::from_child(child),
+            rustix::process::Signal::KILL,
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 fn run_command(spec: &CommandSpec, timeout: Duration) -> Result<CommandOutput, TransportError> {
     let program = if cfg!(windows) {
         &spec.windows_program
     } else {
         &spec.program
     };
-    let mut child = match Command::new(program)
+    let mut command = Command::new(program);
+    command
         .args(&spec.args)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(command_dir())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
+        .stderr(Stdio::piped());
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(CommandOutput::not_found()),
         Err(e) => {
             return Err(TransportError::new(format!("cannot start {program}: {e}")).with_source(e))
         }
     };
-    // Drain both pipes on their own threads so a chatty process cannot block on a full pipe.
-    let mut stdout = child.stdout.take();
-    let mut stderr = child.stderr.take();
-    let out = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(s) = stdout.as_mut() {
-            let _ = s.take(MAX_OUTPUT).read_to_end(&mut buf);
-        }
-        buf
-    });
-    let err = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(s) = stderr.as_mut() {
-            let _ = s.take(MAX_OUTPUT).read_to_end(&mut buf);
-        }
-        buf
-    });
-    let deadline = Instant::now() + timeout.min(spec.timeout);
+    // Drain both pipes on their own threads so a chatty process cannot block on a full pipe;
+    // they report through channels so this thread can stop waiting at the deadline.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(pipe) = pipe {
+                let _ = pipe.take(MAX_OUTPUT).read_to_end(&mut buf);
+            }
+            let _ = tx.send(buf);
+        });
+        rx
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let limit = timeout.min(spec.timeout);
+    let deadline = Instant::now() + limit;
+    let timed_out = || {
+        TransportError::new(format!(
+            "{program} did not finish within {}ms",
+            limit.as_millis()
+        ))
+    };
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
             Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(TransportError::new(format!(
-                    "{program} did not finish within {}s",
-                    timeout.min(spec.timeout).as_secs()
-                )));
+                kill_tree(&mut child);
+                return Err(timed_out());
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => {
+                kill_tree(&mut child);
                 return Err(
                     TransportError::new(format!("waiting for {program} failed")).with_source(e)
-                )
+                );
             }
         }
     };
-    let stdout = out.join().unwrap_or_default();
-    let stderr = err.join().unwrap_or_default();
-    Ok(CommandOutput::new(status.code(), stdout, stderr))
+    // The program exited, but a process it left behind may still hold its output open: wait
+    // for the output only until the deadline, then kill what is left of the group (the
+    // reader threads then see end-of-file and end).
+    let left = || deadline.saturating_duration_since(Instant::now());
+    match (out.recv_timeout(left()), err.recv_timeout(left())) {
+        (Ok(stdout), Ok(stderr)) => Ok(CommandOutput::new(status.code(), stdout, stderr)),
+        _ => {
+            kill_tree(&mut child);
+            Err(TransportError::new(format!(
+                "{program} exited, but a process it started kept its output open past the {}ms \
+                 deadline",
+                limit.as_millis()
+            )))
+        }
+    }
 }
 
 const MAX_OUTPUT: u64 = 1024 * 1024;
@@ -176,7 +297,9 @@ impl Fetcher for IdentityFetcher {
                     Ok(output) => fetch.on_command_output(&output),
                     Err(e) => fetch.on_transport_error(e.into()),
                 },
-                Step::CallCustom(custom) => fetch.on_custom_result(custom.call()),
+                Step::CallCustom(custom) => {
+                    fetch.on_custom_result(self.callback.call(custom, left))
+                }
             };
         }
     }

@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -61,6 +61,56 @@ pub enum StartupError {
     /// The HTTP client could not be set up (an unreadable CA file, `SSL_CERT_FILE` included)
     #[error("could not set up HTTP for identity requests: {0}")]
     Http(TransportError),
+}
+
+/// How many commands may wait for the driver; beyond that, [`deliver`] coalesces or drops
+/// (see [`Provider::refresh_now`] and [`Provider::report_reauth`]) instead of queueing without
+/// limit
+const COMMAND_CAPACITY: usize = 64;
+
+/// Requests that are flags rather than queue entries, so they coalesce and a full queue can
+/// never lose them: the driver reads both after every wake-up
+#[derive(Debug, Default)]
+struct Signals {
+    refresh: AtomicBool,
+    shutdown: AtomicBool,
+}
+
+/// Hands `command` to the driver without ever waiting: a refresh request sets the refresh
+/// flag (queueing a wake-up only if none is pending), a shutdown sets the shutdown flag, and a
+/// re-authentication report is queued if there is room, else dropped (a dropped rejection still
+/// sets the refresh flag, so the fresh token it asks for is not lost)
+fn deliver(signals: &Signals, commands: &SyncSender<Command>, command: Command) {
+    match command {
+        Command::RefreshNow => {
+            if !signals.refresh.swap(true, Ordering::SeqCst) {
+                // Full: the driver wakes for what is queued and reads the flag then.
+                let _ = commands.try_send(Command::RefreshNow);
+            }
+        }
+        Command::Shutdown => {
+            signals.shutdown.store(true, Ordering::SeqCst);
+            let _ = commands.try_send(Command::Shutdown);
+        }
+        Command::Reauth { generation, result } => {
+            let rejected = matches!(&result, Err(e) if e.is_credential_rejection());
+            if let Err(TrySendError::Full(_)) =
+                commands.try_send(Command::Reauth { generation, result })
+            {
+                tracing::debug!(
+                    generation = generation.0,
+                    "the driver's command queue is full; a re-authentication report was dropped"
+                );
+                if rejected {
+                    signals.refresh.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+        // Fetch threads wait for room instead (see `spawn_fetch`): an answer is never dropped.
+        fetched @ Command::Fetched { .. } => {
+            let _ = commands.send(fetched);
+        }
+    }
 }
 
 enum Command {
@@ -154,8 +204,10 @@ impl ProviderBuilder {
     /// (the driver is then shut down).
     pub fn build_with_fetcher(self, source: impl Fetcher) -> Result<Provider, StartupError> {
         let shared = Arc::new(Shared::new());
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(COMMAND_CAPACITY);
+        let signals = Arc::new(Signals::default());
         let driver = Driver {
+            signals: Arc::clone(&signals),
             machine: TokenManager::new(seeded(self.config.clone()), Instant::now()),
             source: Arc::new(source),
             shared: Arc::clone(&shared),
@@ -170,6 +222,7 @@ impl ProviderBuilder {
             inner: Arc::new(Inner {
                 shared,
                 commands: tx,
+                signals,
                 thread: Some(thread),
                 config: self.config,
                 event_capacity: self.event_capacity.unwrap_or(256),
@@ -214,7 +267,8 @@ impl ProviderBuilder {
 
 struct Inner {
     shared: Arc<Shared>,
-    commands: Sender<Command>,
+    commands: SyncSender<Command>,
+    signals: Arc<Signals>,
     thread: Option<JoinHandle<()>>,
     config: Config,
     event_capacity: usize,
@@ -222,7 +276,7 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let _ = self.commands.send(Command::Shutdown);
+        deliver(&self.signals, &self.commands, Command::Shutdown);
         if let Some(thread) = self.thread.take() {
             // The driver only ever waits on its command channel, so it sees the shutdown at
             // once; fetch threads it left behind end with their own timeouts.
@@ -332,22 +386,36 @@ impl Provider {
     }
 
     /// Fetches a new token as soon as the minimum refresh interval allows
+    ///
+    /// Never waits, and requests coalesce: any number of calls before the driver gets to them
+    /// count as one (the machine would coalesce them anyway).
     pub fn refresh_now(&self) {
-        let _ = self.inner.commands.send(Command::RefreshNow);
+        deliver(
+            &self.inner.signals,
+            &self.inner.commands,
+            Command::RefreshNow,
+        );
     }
 
     /// Reports how a connection took the credentials of `generation`; a rejection of the
     /// token (`WRONGPASS`, `NOAUTH`) makes the driver fetch a fresh one
+    ///
+    /// Never waits. Reports queue up to 64 deep; beyond that (many connections failing at
+    /// once, faster than the driver reads) a report is dropped, with its
+    /// [`Event::ReauthFailed`], but a dropped rejection still makes the driver fetch a fresh
+    /// token. Only failures for the current generation change anything.
     pub fn report_reauth(&self, generation: Generation, result: Result<(), ReauthError>) {
-        let _ = self
-            .inner
-            .commands
-            .send(Command::Reauth { generation, result });
+        deliver(
+            &self.inner.signals,
+            &self.inner.commands,
+            Command::Reauth { generation, result },
+        );
     }
 
-    /// Stops the driver now (other clones then see [`Status::Stopped`])
+    /// Stops the driver now (other clones then see [`Status::Stopped`]); a flag, so even a
+    /// full command queue cannot lose it
     pub fn shutdown(&self) {
-        let _ = self.inner.commands.send(Command::Shutdown);
+        deliver(&self.inner.signals, &self.inner.commands, Command::Shutdown);
         self.inner
             .shared
             .wait_until(Some(Duration::from_secs(5)), |s| s.stopped.then_some(()));
@@ -388,7 +456,8 @@ struct Driver {
     source: Arc<dyn Fetcher>,
     shared: Arc<Shared>,
     commands: Receiver<Command>,
-    loopback: Sender<Command>,
+    loopback: SyncSender<Command>,
+    signals: Arc<Signals>,
 }
 
 impl Driver {
@@ -408,17 +477,23 @@ impl Driver {
                     .map_err(|_| RecvTimeoutError::Disconnected),
             };
             let now = Instant::now();
+            // The flags first: a request whose wake-up did not fit in the queue is seen here.
+            if self.signals.shutdown.load(Ordering::SeqCst) {
+                self.machine.shutdown(now);
+            }
+            if self.signals.refresh.swap(false, Ordering::SeqCst) {
+                self.machine.refresh_now(now);
+            }
             match received {
                 Ok(Command::Fetched { id, result, wall }) => {
                     self.machine.handle_response(id, result, wall, now);
                 }
-                Ok(Command::RefreshNow) => self.machine.refresh_now(now),
+                // Wake-ups only: their flags were read above.
+                Ok(Command::RefreshNow | Command::Shutdown) => {}
                 Ok(Command::Reauth { generation, result }) => {
                     self.machine.handle_reauth_result(generation, result, now);
                 }
-                Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
-                    self.machine.shutdown(now)
-                }
+                Err(RecvTimeoutError::Disconnected) => self.machine.shutdown(now),
                 Err(RecvTimeoutError::Timeout) => self.machine.handle_timeout(now),
             }
         }
@@ -436,7 +511,14 @@ impl Driver {
                     id,
                     attempt,
                     deadline,
-                } => self.spawn_fetch(id, attempt, deadline),
+                } => {
+                    if let Err(error) = self.spawn_fetch(id, attempt, deadline) {
+                        // Answered here: sending to its own full queue would block the driver.
+                        let now = Instant::now();
+                        self.machine
+                            .handle_response(id, Err(error), SystemTime::now(), now);
+                    }
+                }
                 Action::Reauthenticate {
                     credentials,
                     generation,
@@ -526,7 +608,12 @@ impl Driver {
         self.shared.publish_event(&event);
     }
 
-    fn spawn_fetch(&self, id: RequestId, attempt: u32, deadline: Instant) {
+    fn spawn_fetch(
+        &self,
+        id: RequestId,
+        attempt: u32,
+        deadline: Instant,
+    ) -> Result<(), FetchError> {
         let source = Arc::clone(&self.source);
         let reply = self.loopback.clone();
         let timeout = deadline.saturating_duration_since(Instant::now());
@@ -540,21 +627,18 @@ impl Driver {
             .name("redis-entraid-fetch".to_owned())
             .spawn(move || {
                 let result = source.fetch(timeout);
+                // Waits for room in the queue: the driver always drains it.
                 let _ = reply.send(Command::Fetched {
                     id,
                     result,
                     wall: SystemTime::now(),
                 });
             });
-        if let Err(e) = spawned {
-            let _ = self.loopback.send(Command::Fetched {
-                id,
-                result: Err(TransportError::new("could not start a fetch thread")
-                    .with_source(e)
-                    .into()),
-                wall: SystemTime::now(),
-            });
-        }
+        spawned.map(drop).map_err(|e| {
+            TransportError::new("could not start a fetch thread")
+                .with_source(e)
+                .into()
+        })
     }
 }
 

@@ -47,6 +47,11 @@ use fred::types::config::{CredentialProvider, Server};
 
 use crate::provider::Provider;
 
+/// The shortest explicit poll interval
+const MIN_INTERVAL: Duration = Duration::from_millis(10);
+/// The longest explicit poll interval
+const MAX_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// fred's [`CredentialProvider`] over a [`Provider`]
 #[derive(Clone, Debug)]
 pub struct FredCredentials {
@@ -68,8 +73,11 @@ impl FredCredentials {
 
     /// Sets fred's poll interval explicitly; a new token reaches fred's connections up to one
     /// interval after it arrives, so keep it well below the refresh policy's lower bound
+    ///
+    /// Clamped to 10 ms ..= 1 day: zero would have fred send `AUTH` in a busy loop, and no
+    /// token lives anywhere near a day, so anything longer already means "never in time".
     pub fn with_refresh_interval(mut self, interval: Duration) -> Self {
-        self.interval = Some(interval);
+        self.interval = Some(interval.clamp(MIN_INTERVAL, MAX_INTERVAL));
         self
     }
 
@@ -89,7 +97,9 @@ impl FredCredentials {
 
     /// How long after its arrival `fetch(None)` keeps handing a new token to fred
     fn fresh_window(&self) -> Duration {
-        (self.interval() * 5).max(Duration::from_secs(1))
+        self.interval()
+            .saturating_mul(5)
+            .max(Duration::from_secs(1))
     }
 
     async fn credentials(&self) -> Result<(Option<String>, Option<String>), Error> {
@@ -137,5 +147,28 @@ impl CredentialProvider for FredCredentials {
 
     fn refresh_interval(&self) -> Option<Duration> {
         Some(self.interval())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis_entraid_core::token::{AccessToken, TokenResponse};
+
+    #[tokio::test]
+    async fn extreme_refresh_intervals_are_clamped_not_a_panic() {
+        let provider = Provider::builder()
+            .startup(crate::Startup::Lazy)
+            .build(|_t: Duration| async {
+                Ok(TokenResponse::new(AccessToken::new("e30.e30.c2ln")).with_expires_in(3600))
+            })
+            .await
+            .expect("a lazy provider starts");
+        let longest = FredCredentials::new(provider.clone()).with_refresh_interval(Duration::MAX);
+        assert_eq!(longest.interval(), MAX_INTERVAL);
+        assert_eq!(longest.fresh_window(), MAX_INTERVAL * 5);
+        let shortest = FredCredentials::new(provider).with_refresh_interval(Duration::ZERO);
+        assert_eq!(shortest.interval(), MIN_INTERVAL);
+        assert_eq!(shortest.fresh_window(), Duration::from_secs(1));
     }
 }

@@ -6,12 +6,17 @@ use std::time::Duration;
 use redis_entraid_core::error::TransportError;
 use redis_entraid_core::identity::RequestMeta;
 
+/// The largest identity response body read (real ones are a few kilobytes); the blocking
+/// runtime has the same cap
+pub const MAX_BODY: usize = 1024 * 1024;
+
 /// Sends one identity request; any async HTTP client can be plugged in through it
 ///
 /// Rules (the core's executor contract, `redis_entraid_core::identity::Fetch`):
 /// - `meta.local_endpoint`: bypass every proxy, never add `X-Forwarded-For`;
 /// - plain `http` only when `meta.allow_plain_http`, otherwise refuse the request;
-/// - give up after `timeout` (the executor also enforces it);
+/// - give up after `timeout`, body included (the executor also enforces it);
+/// - read at most [`MAX_BODY`] bytes of body: a larger answer is an error, never buffered;
 /// - never follow redirects, never retry (the machine retries whole fetches);
 /// - `meta.server_sha1_thumbprint`: accept only a server certificate with that SHA-1;
 /// - return every response, whatever its status: the flow classifies errors.
@@ -212,8 +217,28 @@ mod reqwest_client {
             let response = builder.send().await.map_err(|e| transport(&host, e))?;
             let status = response.status();
             let headers = response.headers().clone();
-            let bytes = response.bytes().await.map_err(|e| transport(&host, e))?;
-            let mut out = http::Response::new(bytes.to_vec());
+            let too_large = || {
+                TransportError::new(format!(
+                    "the answer from {host} is larger than the {MAX_BODY} bytes allowed"
+                ))
+            };
+            // Refuse early when the server says it will send too much; otherwise count what
+            // arrives (a chunked body has no length). A slow drip ends at the request timeout.
+            if response
+                .content_length()
+                .is_some_and(|n| n > MAX_BODY as u64)
+            {
+                return Err(too_large());
+            }
+            let mut body = Vec::new();
+            let mut response = response;
+            while let Some(chunk) = response.chunk().await.map_err(|e| transport(&host, e))? {
+                if body.len() + chunk.len() > MAX_BODY {
+                    return Err(too_large());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            let mut out = http::Response::new(body);
             *out.status_mut() = status;
             *out.headers_mut() = headers;
             Ok(out)

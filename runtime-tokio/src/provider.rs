@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -75,6 +76,52 @@ pub(crate) struct Snapshot {
     pub(crate) last_error: Option<FetchError>,
     pub(crate) failures_before_first_token: u32,
     pub(crate) stopped: bool,
+}
+
+/// How many commands may wait for the driver; beyond that, [`deliver`] coalesces or drops
+/// (see [`Provider::refresh_now`] and [`Provider::report_reauth`]) instead of queueing without
+/// limit
+pub(crate) const COMMAND_CAPACITY: usize = 64;
+
+/// Requests that are flags rather than queue entries, so they coalesce and a full queue can
+/// never lose them: the driver reads both after every wake-up
+#[derive(Debug, Default)]
+pub(crate) struct Signals {
+    refresh: AtomicBool,
+    shutdown: AtomicBool,
+}
+
+/// Hands `command` to the driver without ever waiting: a refresh request sets the refresh
+/// flag (queueing a wake-up only if none is pending), a shutdown sets the shutdown flag, and a
+/// re-authentication report is queued if there is room, else dropped (a dropped rejection still
+/// sets the refresh flag, so the fresh token it asks for is not lost)
+pub(crate) fn deliver(signals: &Signals, commands: &mpsc::Sender<Command>, command: Command) {
+    match command {
+        Command::RefreshNow => {
+            if !signals.refresh.swap(true, Ordering::SeqCst) {
+                // Full: the driver wakes for what is queued and reads the flag then.
+                let _ = commands.try_send(Command::RefreshNow);
+            }
+        }
+        Command::Shutdown => {
+            signals.shutdown.store(true, Ordering::SeqCst);
+            let _ = commands.try_send(Command::Shutdown);
+        }
+        Command::Reauth { generation, result } => {
+            let rejected = matches!(&result, Err(e) if e.is_credential_rejection());
+            if let Err(mpsc::error::TrySendError::Full(_)) =
+                commands.try_send(Command::Reauth { generation, result })
+            {
+                tracing::debug!(
+                    generation = generation.0,
+                    "the driver's command queue is full; a re-authentication report was dropped"
+                );
+                if rejected {
+                    signals.refresh.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+    }
 }
 
 pub(crate) enum Command {
@@ -154,13 +201,15 @@ impl ProviderBuilder {
         });
         let capacity = self.event_capacity.unwrap_or(256).max(1);
         let (events, _) = broadcast::channel(capacity);
-        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let (commands, commands_rx) = mpsc::channel(COMMAND_CAPACITY);
+        let signals = Arc::new(Signals::default());
         let driver = Driver {
             machine: TokenManager::new(seeded(self.config.clone()), now()),
             source: Arc::new(source),
             state: state_tx,
             events: events.clone(),
             commands: commands_rx,
+            signals: Arc::clone(&signals),
             fetch: None,
         };
         let task = handle.spawn(driver.run());
@@ -168,6 +217,7 @@ impl ProviderBuilder {
             inner: Arc::new(Inner {
                 state: state_rx,
                 commands,
+                signals,
                 events,
                 config: self.config,
                 task,
@@ -217,7 +267,8 @@ impl ProviderBuilder {
 
 struct Inner {
     state: watch::Receiver<Snapshot>,
-    commands: mpsc::UnboundedSender<Command>,
+    commands: mpsc::Sender<Command>,
+    signals: Arc<Signals>,
     events: broadcast::Sender<Event>,
     config: Config,
     #[allow(dead_code)]
@@ -232,7 +283,7 @@ impl Drop for Inner {
         // Dropping the last command sender already ends the driver's loop; say it explicitly
         // so the machine emits `Stopped`, and abort in case the task is parked in a fetch.
         // The driver reacts at its next poll; it owns no timers after that.
-        let _ = self.commands.send(Command::Shutdown);
+        deliver(&self.signals, &self.commands, Command::Shutdown);
     }
 }
 
@@ -354,24 +405,38 @@ impl Provider {
     }
 
     /// Fetches a new token as soon as the minimum refresh interval allows
+    ///
+    /// Never waits, and requests coalesce: any number of calls before the driver gets to them
+    /// count as one (the machine would coalesce them anyway).
     pub fn refresh_now(&self) {
-        let _ = self.inner.commands.send(Command::RefreshNow);
+        deliver(
+            &self.inner.signals,
+            &self.inner.commands,
+            Command::RefreshNow,
+        );
     }
 
     /// Reports how a connection took the credentials of `generation`; a rejection of the
     /// token (`WRONGPASS`, `NOAUTH`) makes the driver fetch a fresh one. Every failure is
     /// published as [`Event::ReauthFailed`].
+    ///
+    /// Never waits. Reports queue up to 64 deep; beyond that (thousands of connections failing
+    /// at once, faster than the driver reads) a report is dropped, with its
+    /// [`Event::ReauthFailed`], but a dropped rejection still makes the driver fetch a fresh
+    /// token. Only failures for the current generation change anything.
     pub fn report_reauth(&self, generation: Generation, result: Result<(), ReauthError>) {
-        let _ = self
-            .inner
-            .commands
-            .send(Command::Reauth { generation, result });
+        deliver(
+            &self.inner.signals,
+            &self.inner.commands,
+            Command::Reauth { generation, result },
+        );
     }
 
     /// Stops the driver and waits (up to 5 s) until it has; other clones then see
     /// [`Status::Stopped`]
     pub async fn shutdown(&self) {
-        let _ = self.inner.commands.send(Command::Shutdown);
+        // A flag, so even a full command queue cannot lose it.
+        deliver(&self.inner.signals, &self.inner.commands, Command::Shutdown);
         let mut state = self.inner.state.clone();
         let _ = tokio::time::timeout(Duration::from_secs(5), state.wait_for(|s| s.stopped)).await;
     }
@@ -382,6 +447,7 @@ impl Provider {
         WeakProvider {
             state: self.inner.state.clone(),
             commands: self.inner.commands.downgrade(),
+            signals: Arc::clone(&self.inner.signals),
             reported: Arc::clone(&self.inner.reported),
             #[cfg(feature = "redis")]
             fan_out: Arc::clone(&self.inner.fan_out),
@@ -406,7 +472,8 @@ impl Provider {
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) struct WeakProvider {
     pub(crate) state: watch::Receiver<Snapshot>,
-    commands: mpsc::WeakUnboundedSender<Command>,
+    commands: mpsc::WeakSender<Command>,
+    signals: Arc<Signals>,
     reported: Arc<std::sync::atomic::AtomicU64>,
     #[cfg(feature = "redis")]
     pub(crate) fan_out: Arc<redis_entraid_core::fan_out::FanOutLog>,
@@ -429,9 +496,10 @@ impl WeakProvider {
             < generation.0
     }
 
+    /// Hands `command` to the driver if it still runs, never waiting (see [`deliver`])
     pub(crate) fn send(&self, command: Command) {
         if let Some(commands) = self.commands.upgrade() {
-            let _ = commands.send(command);
+            deliver(&self.signals, &commands, command);
         }
     }
 }
@@ -484,7 +552,8 @@ struct Driver {
     source: Arc<dyn TokenSource>,
     state: watch::Sender<Snapshot>,
     events: broadcast::Sender<Event>,
-    commands: mpsc::UnboundedReceiver<Command>,
+    commands: mpsc::Receiver<Command>,
+    signals: Arc<Signals>,
     fetch: Option<JoinHandle<FetchOutcome>>,
 }
 
@@ -521,12 +590,20 @@ impl Driver {
                 () = sleep => Input::Timeout,
             };
             let now = now();
+            // The flags first: a request whose wake-up did not fit in the queue is seen here.
+            if self.signals.shutdown.load(Ordering::SeqCst) {
+                self.machine.shutdown(now);
+            }
+            if self.signals.refresh.swap(false, Ordering::SeqCst) {
+                self.machine.refresh_now(now);
+            }
             match input {
-                Input::Command(Some(Command::RefreshNow)) => self.machine.refresh_now(now),
+                // Wake-ups only: their flags were read above.
+                Input::Command(Some(Command::RefreshNow | Command::Shutdown)) => {}
                 Input::Command(Some(Command::Reauth { generation, result })) => {
                     let _ = self.machine.handle_reauth_result(generation, result, now);
                 }
-                Input::Command(Some(Command::Shutdown) | None) => self.machine.shutdown(now),
+                Input::Command(None) => self.machine.shutdown(now),
                 Input::Fetched(outcome) => {
                     self.fetch = None;
                     match outcome {

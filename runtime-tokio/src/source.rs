@@ -4,11 +4,13 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use redis_entraid_core::error::{FetchError, TransportError};
 use redis_entraid_core::identity::chain::DefaultChain;
 use redis_entraid_core::identity::cli::{CommandOutput, CommandSpec};
+use redis_entraid_core::identity::custom::CustomSource;
 use redis_entraid_core::identity::{FetchContext, Step, TokenSource as CoreSource};
 use redis_entraid_core::secret::SecretBytes;
 use redis_entraid_core::token::TokenResponse;
@@ -74,6 +76,70 @@ where
 pub struct Identity<C = DefaultClient> {
     source: CoreSource,
     client: C,
+    callback: CallbackSlot,
+}
+
+/// Runs custom token callbacks one at a time on tokio's blocking pool, waiting for each only
+/// until the fetch's deadline
+///
+/// A blocking callback cannot be cancelled: a hung one holds its pool thread until it returns.
+/// Rather than start another (one stuck pool thread per retry, until the pool is exhausted),
+/// later fetches fail at once with an error saying the earlier call is still running. Clones
+/// of an [`Identity`] share the slot.
+#[derive(Clone, Debug, Default)]
+struct CallbackSlot {
+    /// When the running call started; `None` when no call runs
+    running: Arc<Mutex<Option<std::time::Instant>>>,
+}
+
+/// Frees the slot when the callback returns or panics
+struct SlotGuard(Arc<Mutex<Option<std::time::Instant>>>);
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+impl CallbackSlot {
+    async fn call(
+        &self,
+        custom: CustomSource,
+        left: Duration,
+    ) -> Result<TokenResponse, FetchError> {
+        {
+            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(started) = *running {
+                return Err(TransportError::new(format!(
+                    "the custom token callback {:?} is still running from an earlier fetch \
+                     (started {}ms ago); not starting another until it returns",
+                    custom.name(),
+                    started.elapsed().as_millis()
+                ))
+                .into());
+            }
+            *running = Some(std::time::Instant::now());
+        }
+        let guard = SlotGuard(Arc::clone(&self.running));
+        let name = custom.name().to_owned();
+        let call = tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            custom.call()
+        });
+        match tokio::time::timeout(left, call).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => Err(TransportError::permanent(format!(
+                "the custom token callback {name:?} panicked"
+            ))
+            .with_source(e)
+            .into()),
+            Err(_) => Err(TransportError::new(format!(
+                "the custom token callback {name:?} did not return within {}ms",
+                left.as_millis()
+            ))
+            .into()),
+        }
+    }
 }
 
 /// The default HTTP client: reqwest with rustls when the `reqwest` feature is on
@@ -94,6 +160,7 @@ impl Identity<crate::http::ReqwestClient> {
         Ok(Self {
             source,
             client: crate::http::ReqwestClient::builder().build()?,
+            callback: CallbackSlot::default(),
         })
     }
 
@@ -116,7 +183,11 @@ pub fn default_chain_from_env() -> CoreSource {
 impl<C: AsyncHttpClient> Identity<C> {
     /// `source` over a client of your own
     pub fn with_client(source: CoreSource, client: C) -> Self {
-        Self { source, client }
+        Self {
+            source,
+            client,
+            callback: CallbackSlot::default(),
+        }
     }
 
     /// One token through the step machine (what the driver calls)
@@ -144,14 +215,7 @@ impl<C: AsyncHttpClient> Identity<C> {
                 Step::ReadFile { path, max_len } => fetch.on_file(read_file(&path, max_len).await),
                 Step::RunCommand(spec) => fetch.on_command_output(&run_command(&spec, left).await),
                 Step::CallCustom(custom) => {
-                    match tokio::task::spawn_blocking(move || custom.call()).await {
-                        Ok(result) => fetch.on_custom_result(result),
-                        Err(e) => fetch.on_custom_result(Err(TransportError::permanent(
-                            "the custom token callback panicked",
-                        )
-                        .with_source(e)
-                        .into())),
-                    }
+                    fetch.on_custom_result(self.callback.call(custom, left).await)
                 }
             };
         }
@@ -214,6 +278,18 @@ fn io_error(path: &std::path::Path, e: std::io::Error) -> TransportError {
     }
 }
 
+/// Where CLIs run: never the application's directory, so a planted `az` there is not picked
+/// up (the rule of `redis_entraid_core::identity::cli`)
+fn command_dir() -> std::path::PathBuf {
+    if cfg!(windows) {
+        std::env::var_os("SYSTEMROOT")
+            .filter(|d| !d.is_empty())
+            .map_or_else(|| std::path::PathBuf::from(r"C:\Windows"), Into::into)
+    } else {
+        std::path::PathBuf::from("/bin")
+    }
+}
+
 async fn run_command(spec: &CommandSpec, left: Duration) -> CommandOutput {
     let program = if cfg!(windows) {
         &spec.windows_program
@@ -224,20 +300,35 @@ async fn run_command(spec: &CommandSpec, left: Duration) -> CommandOutput {
     command
         .args(&spec.args)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(command_dir())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    // A process group of its own, so the deadline can kill whatever the CLI started too.
+    #[cfg(unix)]
+    command.process_group(0);
     let child = match command.spawn() {
         Ok(child) => child,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return CommandOutput::not_found(),
         Err(e) => return CommandOutput::new(None, Vec::new(), e.to_string().into_bytes()),
     };
+    let group = child.id();
     let timeout = spec.timeout.min(left);
-    match tokio::time::timeout(timeout, child.wait_with_output()).await {
+    // Reading to end-of-file also waits for any grandchild holding stdout; the timeout covers
+    // both, and dropping the future kills the child (kill_on_drop) and closes the pipes.
+    let output = tokio::time::timeout(timeout, child.wait_with_output()).await;
+    #[cfg(unix)]
+    if output.is_err() {
+        if let Some(pid) = group.and_then(|id| rustix::process::Pid::from_raw(id as i32)) {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = group;
+    match output {
         Ok(Ok(out)) => CommandOutput::new(out.status.code(), out.stdout, out.stderr),
         Ok(Err(e)) => CommandOutput::new(None, Vec::new(), e.to_string().into_bytes()),
-        // Dropping the future kills the child (kill_on_drop).
         Err(_) => CommandOutput::new(
             None,
             Vec::new(),

@@ -45,7 +45,7 @@ mod resp2;
 pub use connection::{EntraClient, EntraConnection};
 pub use manager::{EntraConnectionManager, ManagerConfig};
 pub use redis_entraid_core::fan_out::FanOutReport;
-pub use resp2::Resp2Subscriber;
+pub use resp2::{Resp2Subscriber, RESP2_DEFAULT_CAPACITY};
 
 use std::pin::Pin;
 

@@ -8,7 +8,10 @@ use futures_util::{FutureExt, Stream, StreamExt};
 use redis::{ErrorKind, RedisError, RedisResult};
 use redis_entraid_core::event::Generation;
 use redis_entraid_core::token::Credentials;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
+
+/// How many messages a [`Resp2Subscriber`] queues for a slow reader before it drops the oldest
+pub const RESP2_DEFAULT_CAPACITY: usize = 4096;
 
 use crate::provider::{Provider, WeakProvider};
 
@@ -31,6 +34,16 @@ use crate::provider::{Provider, WeakProvider};
 /// connection), the subscriber keeps the old one and retries every second until the old token
 /// expires, publishing nothing lost while the old connection lives.
 ///
+/// **Slow consumers**: messages wait in a queue of [`RESP2_DEFAULT_CAPACITY`] messages (or the
+/// capacity given to [`connect_with_capacity`](Self::connect_with_capacity)). When the
+/// application reads more slowly than Redis publishes and the queue is full, the **oldest**
+/// queued message is dropped and counted in [`dropped_messages`](Self::dropped_messages) (and
+/// logged), so memory stays bounded and the newest messages get through. Pushing back on the
+/// connection instead is not possible: redis-rs reads a subscribed connection eagerly into a
+/// queue of its own, and Redis would then disconnect the client at its
+/// `client-output-buffer-limit pubsub`, losing messages anyway. The guarantee above holds for
+/// every message not counted as dropped.
+///
 /// ```no_run
 /// # use redis_entraid_tokio::{Provider, redis_async::Resp2Subscriber};
 /// # async fn demo(provider: Provider) -> redis::RedisResult<()> {
@@ -45,8 +58,9 @@ use crate::provider::{Provider, WeakProvider};
 /// ```
 #[derive(Debug)]
 pub struct Resp2Subscriber {
-    messages: mpsc::UnboundedReceiver<redis::Msg>,
-    control: mpsc::UnboundedSender<Control>,
+    messages: broadcast::Receiver<redis::Msg>,
+    dropped: u64,
+    control: mpsc::Sender<Control>,
     task: tokio::task::JoinHandle<()>,
     swaps: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
@@ -101,6 +115,19 @@ impl Resp2Subscriber {
     /// `AuthenticationFailed` when the provider has no credentials; the connection error
     /// otherwise.
     pub async fn connect(client: redis::Client, provider: Provider) -> RedisResult<Self> {
+        Self::connect_with_capacity(client, provider, RESP2_DEFAULT_CAPACITY).await
+    }
+
+    /// As [`connect`](Self::connect), queueing up to `capacity` messages (at least 1) for a
+    /// slow reader before the oldest are dropped
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect).
+    pub async fn connect_with_capacity(
+        client: redis::Client,
+        provider: Provider,
+        capacity: usize,
+    ) -> RedisResult<Self> {
         let mut creds = provider.subscribe();
         let Some((generation, credentials)) = creds.wait_changed(Duration::from_secs(30)).await
         else {
@@ -110,8 +137,11 @@ impl Resp2Subscriber {
             )));
         };
         let pubsub = open_pubsub(&client, &credentials).await?;
-        let (messages_tx, messages) = mpsc::unbounded_channel();
-        let (control, control_rx) = mpsc::unbounded_channel();
+        // A broadcast channel with one receiver is a ring buffer: the sender never waits and a
+        // full queue overwrites its oldest message, which the receiver learns as `Lagged(n)`.
+        let (messages_tx, messages) = broadcast::channel(capacity.max(1));
+        // Control calls take `&mut self` and wait for their answer: one at a time.
+        let (control, control_rx) = mpsc::channel(1);
         let swaps = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let task = tokio::spawn(run_subscriber(
             client,
@@ -125,6 +155,7 @@ impl Resp2Subscriber {
         ));
         Ok(Self {
             messages,
+            dropped: 0,
             control,
             task,
             swaps,
@@ -137,7 +168,7 @@ impl Resp2Subscriber {
     ) -> RedisResult<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let closed = || RedisError::from((ErrorKind::Io, "the subscriber task has ended"));
-        self.control.send(make(tx)).map_err(|_| closed())?;
+        self.control.send(make(tx)).await.map_err(|_| closed())?;
         rx.await.map_err(|_| closed())?
     }
 
@@ -180,7 +211,25 @@ impl Resp2Subscriber {
     /// The next message; `None` once the subscriber has ended (provider stopped, or the
     /// connection lost and not replaceable)
     pub async fn next_message(&mut self) -> Option<redis::Msg> {
-        self.messages.recv().await
+        loop {
+            match self.messages.recv().await {
+                Ok(msg) => return Some(msg),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    self.dropped += n;
+                    tracing::warn!(
+                        dropped = n,
+                        "RESP2 subscriber queue full: the oldest messages were dropped"
+                    );
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    /// Messages dropped so far because the queue was full (the oldest go first); counted
+    /// when [`next_message`](Self::next_message) reaches the gap
+    pub fn dropped_messages(&self) -> u64 {
+        self.dropped
     }
 
     /// How many times the subscriber swapped to a freshly authenticated connection
@@ -198,8 +247,8 @@ async fn run_subscriber(
     mut creds: crate::provider::Subscription,
     mut generation: Generation,
     pubsub: redis::aio::PubSub,
-    out: mpsc::UnboundedSender<redis::Msg>,
-    mut control: mpsc::UnboundedReceiver<Control>,
+    out: broadcast::Sender<redis::Msg>,
+    mut control: mpsc::Receiver<Control>,
     swaps: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) {
     let mut subs = Subscriptions {
