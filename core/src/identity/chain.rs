@@ -30,7 +30,7 @@
 //! they do, what we do, and why.
 //!
 //! - **`IDENTITY_ENDPOINT` alone** (no `IDENTITY_HEADER`, no `IMDS_ENDPOINT`). Both SDKs fall
-//!   back to IMDS. We skip managed identity, and the final error says why (an explicit
+//!   back to IMDS (Go first looks for the Arc agent's files). We skip managed identity, and the final error says why (an explicit
 //!   [`ManagedIdentity::detect`] fails with a [`ConfigError`](crate::error::ConfigError) on
 //!   `IDENTITY_ENDPOINT`). The variable marks an App Service, Service Fabric or Arc host whose
 //!   configuration is broken; asking IMDS there would authenticate as whatever identity the
