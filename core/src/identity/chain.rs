@@ -30,9 +30,9 @@
 //! they do, what we do, and why.
 //!
 //! - **`IDENTITY_ENDPOINT` alone** (no `IDENTITY_HEADER`, no `IMDS_ENDPOINT`). Both SDKs fall
-//!   back to IMDS (Go first looks for the Arc agent's files). We skip managed identity, and the final error says why (an explicit
-//!   [`ManagedIdentity::detect`] fails with a [`ConfigError`](crate::error::ConfigError) on
-//!   `IDENTITY_ENDPOINT`). The variable marks an App Service, Service Fabric or Arc host whose
+//!   back to IMDS (Go first looks for the Arc agent's files). We skip managed identity, and
+//!   the final error says why (an explicit [`ManagedIdentity::detect`] fails with a
+//!   [`ConfigError`] on `IDENTITY_ENDPOINT`). The variable marks an App Service, Service Fabric or Arc host whose
 //!   configuration is broken; asking IMDS there would authenticate as whatever identity the
 //!   machine underneath has (on AKS, the node's), a principal the operator did not choose and
 //!   that Redis would then see. A clear "fix the host" beats a token for the wrong identity.

@@ -93,8 +93,8 @@ impl EntraClient {
 
     /// Sends token requests to `region`'s Entra endpoint (ESTS-R), e.g. `westus2`
     ///
-    /// Tokens are the same as the global endpoint's; the regional endpoint keeps the traffic in
-    /// the region and stays up when the global one is degraded.
+    /// Tokens are the same as the global endpoint's; the regional endpoint keeps the traffic
+    /// inside the region (MSAL's reason for regional authorities).
     ///
     /// # Errors
     /// As [`Authority::regional`] for the current authority.
