@@ -308,6 +308,7 @@ pub(crate) fn status_error(
 fn advice(rules: RetryRules, status: u16, body: Option<&EntraErrorBody>) -> &'static str {
     let code = body.and_then(|b| b.error.as_deref()).unwrap_or("");
     match (rules, status, code) {
+        (_, 408, _) => "the endpoint timed out waiting for the request; try again",
         (_, 429, _) => "throttled; wait and try again",
         (_, 500..=599, _) | (RetryRules::Entra, _, "temporarily_unavailable") => {
             "the service had a transient failure; try again"

@@ -246,5 +246,7 @@ mod tests {
             let error = fabric.parse_response(&response(status, ""));
             assert!(error.is_err_and(|e| e.retryable), "{status}");
         }
+        let timeout = fabric.parse_response(&response(408, ""));
+        assert!(timeout.is_err_and(|e| e.message.contains("timed out")));
     }
 }
