@@ -13,25 +13,70 @@ use libfuzzer_sys::fuzz_target;
 use redis_entraid_core::error::{FetchError, TransportError};
 use redis_entraid_core::identity::chain::DefaultChain;
 use redis_entraid_core::identity::cli::CommandOutput;
+use redis_entraid_core::identity::env;
 use redis_entraid_core::identity::{FetchContext, Step, TokenSource};
 use redis_entraid_core::secret::SecretBytes;
 
-const NAMES: [&str; 14] = [
-    "AZURE_TENANT_ID",
-    "AZURE_CLIENT_ID",
-    "AZURE_CLIENT_SECRET",
-    "AZURE_CLIENT_CERTIFICATE_PATH",
-    "AZURE_FEDERATED_TOKEN_FILE",
-    "AZURE_AUTHORITY_HOST",
-    "AZURE_POD_IDENTITY_AUTHORITY_HOST",
-    "AZURE_TOKEN_CREDENTIALS",
-    "IDENTITY_ENDPOINT",
-    "IDENTITY_HEADER",
-    "IDENTITY_SERVER_THUMBPRINT",
-    "IMDS_ENDPOINT",
-    "MSI_ENDPOINT",
-    "MSI_SECRET",
+/// Every variable the chain reads (`redis_entraid_core::identity::env`); a test in this file
+/// cannot see the list, so keep it in step when a variable is added there
+const NAMES: [&str; 21] = [
+    env::AZURE_TENANT_ID,
+    env::AZURE_CLIENT_ID,
+    env::AZURE_CLIENT_SECRET,
+    env::AZURE_CLIENT_CERTIFICATE_PATH,
+    env::AZURE_CLIENT_CERTIFICATE_PASSWORD,
+    env::AZURE_CLIENT_SEND_CERTIFICATE_CHAIN,
+    env::AZURE_REGIONAL_AUTHORITY_NAME,
+    env::REGION_NAME,
+    env::AZURE_AUTHORITY_HOST,
+    env::AZURE_FEDERATED_TOKEN_FILE,
+    env::AZURE_POD_IDENTITY_AUTHORITY_HOST,
+    env::AZURE_TOKEN_CREDENTIALS,
+    env::IDENTITY_ENDPOINT,
+    env::IDENTITY_HEADER,
+    env::IDENTITY_SERVER_THUMBPRINT,
+    env::IDENTITY_API_VERSION,
+    env::IMDS_ENDPOINT,
+    env::MSI_ENDPOINT,
+    env::MSI_SECRET,
+    env::DEFAULT_IDENTITY_CLIENT_ID,
+    env::PROGRAM_DATA,
 ];
+
+/// Plausible values, so short runs reach the configured paths and not only the refusals
+const VALUES: [&str; 16] = [
+    "72f988bf-0000-0000-0000-000000000000",
+    "11111111-2222-3333-4444-555555555555",
+    "https://localhost:2377/metadata/identity/oauth2/token",
+    "http://127.0.0.1:40342",
+    "http://localhost:50342/oauth2/token",
+    "https://login.microsoftonline.us",
+    "ABCDEF0123456789ABCDEF0123456789ABCDEF01",
+    "/var/run/secrets/azure/tokens/azure-identity-token",
+    "/etc/ssl/client.pem",
+    "dev",
+    "prod",
+    "ManagedIdentityCredential",
+    "TryAutoDetect",
+    "westus2",
+    "1",
+    r"C:\ProgramData",
+];
+
+#[derive(Arbitrary, Debug)]
+enum Value {
+    Known(u8),
+    Any(String),
+}
+
+impl Value {
+    fn text(self) -> String {
+        match self {
+            Value::Known(i) => VALUES[usize::from(i) % VALUES.len()].to_owned(),
+            Value::Any(s) => s,
+        }
+    }
+}
 
 #[derive(Arbitrary, Debug)]
 enum Outcome {
@@ -48,7 +93,7 @@ enum Outcome {
 
 #[derive(Arbitrary, Debug)]
 struct Input {
-    env: Vec<(u8, String)>,
+    env: Vec<(u8, Value)>,
     outcomes: Vec<Outcome>,
     wall: u32,
 }
@@ -57,8 +102,12 @@ fuzz_target!(|input: Input| {
     let env: BTreeMap<String, String> = input
         .env
         .into_iter()
-        .map(|(i, v)| (NAMES[usize::from(i) % NAMES.len()].to_owned(), v))
+        .map(|(i, v)| (NAMES[usize::from(i) % NAMES.len()].to_owned(), v.text()))
         .collect();
+    // The fallible constructor must agree with the infallible one whenever it succeeds
+    if let Ok(chain) = DefaultChain::try_from_env(&env) {
+        assert_eq!(chain, DefaultChain::from_env(&env));
+    }
     let source = TokenSource::DefaultChain(DefaultChain::from_env(&env));
     let ctx = FetchContext::new(
         SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(input.wall)),

@@ -9,5 +9,7 @@ use redis_entraid_core::secret::{SecretBytes, SecretString};
 fuzz_target!(|data: &[u8]| {
     let bytes = SecretBytes::new(data.to_vec());
     let _ = CertificateCredential::from_pem(&bytes);
+    // "pw" opens the committed seed-password-pw.p12; no password tries the empty one
     let _ = CertificateCredential::from_bytes(&bytes, Some(&SecretString::new("pw")));
+    let _ = CertificateCredential::from_bytes(&bytes, None);
 });

@@ -248,7 +248,7 @@ pub(crate) fn parse_local(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::imds::tests::response;
+    use crate::identity::imds::tests::{response, MSAL_RETRYABLE};
     use std::collections::BTreeMap;
 
     const HEADER: &str = "0d8d6a3b-5c4e-4f1a-9b2c-7e6f5a4b3c2d";
@@ -394,6 +394,24 @@ mod tests {
                 format!(r#"{{"access_token":"t","expires_on":"{text}","token_type":"Bearer"}}"#);
             let token = legacy.parse_response(&response(200, &body));
             assert_eq!(token.ok().and_then(|t| t.expires_on), Some(unix), "{text}");
+        }
+    }
+
+    #[test]
+    fn request_timeout_and_msal_retry_statuses_are_retryable_current_and_legacy() {
+        let current = app(ManagedIdentityId::SystemAssigned);
+        let Ok(legacy) = AppServiceLegacy::new(
+            "http://127.0.0.1:1/",
+            SecretString::new("s"),
+            ManagedIdentityId::SystemAssigned,
+        ) else {
+            panic!("valid config")
+        };
+        for status in MSAL_RETRYABLE {
+            let error = current.parse_response(&response(status, ""));
+            assert!(error.is_err_and(|e| e.retryable), "current {status}");
+            let error = legacy.parse_response(&response(status, ""));
+            assert!(error.is_err_and(|e| e.retryable), "legacy {status}");
         }
     }
 }

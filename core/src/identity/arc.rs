@@ -320,7 +320,7 @@ impl AzureArc {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::imds::tests::response;
+    use crate::identity::imds::tests::{response, MSAL_RETRYABLE};
 
     const KEY_PATH: &str = "/var/opt/azcmagent/tokens/4d6f0c9e-1a2b-4c3d-8e9f-0a1b2c3d4e5f.key";
 
@@ -455,5 +455,16 @@ mod tests {
         assert!(again.is_err_and(|e| !e.retryable));
         let busy = arc(ManagedIdentityId::SystemAssigned).parse_response(&response(500, ""));
         assert!(busy.is_err_and(|e| e.retryable));
+    }
+
+    #[test]
+    fn request_timeout_and_msal_retry_statuses_are_retryable_on_both_requests() {
+        let a = arc(ManagedIdentityId::SystemAssigned);
+        for status in MSAL_RETRYABLE {
+            let challenge = a.parse_challenge(&response(status, ""));
+            assert!(challenge.is_err_and(|e| e.retryable), "challenge {status}");
+            let answer = a.parse_response(&response(status, ""));
+            assert!(answer.is_err_and(|e| e.retryable), "answer {status}");
+        }
     }
 }

@@ -162,7 +162,81 @@ impl Authority {
     pub fn token_url(&self, tenant: &TenantId) -> String {
         format!("{}/{}/oauth2/v2.0/token", self.0, tenant.as_str())
     }
+
+    /// The regional authority (ESTS-R) for `region`, by MSAL's rule
+    ///
+    /// The public cloud's hosts (`login.microsoftonline.com`, `login.microsoft.com`,
+    /// `login.windows.net`, `sts.windows.net`) become `https://{region}.login.microsoft.com`;
+    /// any other cloud's host becomes `https://{region}.{host}` (so
+    /// `login.microsoftonline.us` becomes `{region}.login.microsoftonline.us`). The region is
+    /// lower-cased.
+    ///
+    /// ```
+    /// use redis_entraid_core::identity::authority::Authority;
+    /// let regional = Authority::public().regional("WestUS2").unwrap();
+    /// assert_eq!(regional.as_str(), "https://westus2.login.microsoft.com");
+    /// assert!(Authority::parse("http://127.0.0.1:8080").unwrap().regional("westus2").is_err());
+    /// ```
+    ///
+    /// # Errors
+    /// A [`ConfigError`] on field `region` when the region is not one DNS label (letters,
+    /// digits, `-`), or when this authority has no regional form: a loopback or IP-address host
+    /// (an emulator), or a path (ADFS, Azure Stack), which MSAL does not regionalise either.
+    pub fn regional(&self, region: &str) -> Result<Self, ConfigError> {
+        let region = region.trim().to_ascii_lowercase();
+        let label_ok = (1..=63).contains(&region.len())
+            && region
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !region.starts_with('-')
+            && !region.ends_with('-');
+        if !label_ok {
+            return Err(ConfigError::new(
+                "region",
+                format!(
+                    "`{}` is not an Azure region name; give one like westus2 or eastus                      (AZURE_REGIONAL_AUTHORITY_NAME), or TryAutoDetect",
+                    super::common::clip(&region)
+                ),
+            ));
+        }
+        let refuse = |why: &str| {
+            Err(ConfigError::new(
+                "region",
+                format!(
+                    "the authority {} has no regional endpoint ({why}); unset                      AZURE_REGIONAL_AUTHORITY_NAME",
+                    self.0
+                ),
+            ))
+        };
+        let Ok(uri) = self.0.parse::<http::Uri>() else {
+            return refuse("not a URL");
+        };
+        let host = uri.host().unwrap_or_default().to_ascii_lowercase();
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if is_loopback_host(&host) || bare.parse::<IpAddr>().is_ok() {
+            return refuse("its host is an address, e.g. an emulator");
+        }
+        if !matches!(uri.path(), "" | "/") {
+            return refuse("it has a path, as ADFS and Azure Stack authorities do");
+        }
+        let regional_host = if PUBLIC_HOSTS.contains(&host.as_str()) {
+            format!("{region}.login.microsoft.com")
+        } else {
+            format!("{region}.{host}")
+        };
+        let port = uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+        Ok(Self(format!("https://{regional_host}{port}")))
+    }
 }
+
+/// The public cloud's global authority hosts, which share one regional host
+/// (`{region}.login.microsoft.com`), as in MSAL
+const PUBLIC_HOSTS: [&str; 4] = [
+    "login.microsoftonline.com",
+    "login.microsoft.com",
+    "login.windows.net",
+    "sts.windows.net",
+];
 
 impl Default for Authority {
     fn default() -> Self {

@@ -3,7 +3,7 @@
 //! `GET {MSI_ENDPOINT}?api-version=2017-09-01&resource=..&clientid=..` with header
 //! `secret: {MSI_SECRET}`. The identity is chosen by client id only, spelled `clientid`, and
 //! defaults to `DEFAULT_IDENTITY_CLIENT_ID`. `expires_on` is an integer (the date-string forms
-//! of the legacy App Service protocol are accepted too). Retry: 429 and 5xx.
+//! of the legacy App Service protocol are accepted too). Retry: 408, 429 and 5xx.
 
 use crate::error::{ConfigError, ResponseError};
 use crate::identity::app_service::{client_id_only, legacy_request, non_empty_secret, parse_local};
@@ -85,7 +85,7 @@ impl AzureMl {
     /// Reads the answer
     ///
     /// # Errors
-    /// A [`ResponseError`]; 429 and 5xx are retryable.
+    /// A [`ResponseError`]; 408, 429 and 5xx are retryable.
     pub fn parse_response(
         &self,
         response: &http::Response<Vec<u8>>,
@@ -101,7 +101,7 @@ impl AzureMl {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::imds::tests::response;
+    use crate::identity::imds::tests::{response, MSAL_RETRYABLE};
     use std::collections::BTreeMap;
 
     fn env_map() -> BTreeMap<&'static str, &'static str> {
@@ -152,5 +152,16 @@ mod tests {
         assert!(ml
             .parse_response(&response(404, ""))
             .is_err_and(|e| !e.retryable));
+    }
+
+    #[test]
+    fn request_timeout_and_msal_retry_statuses_are_retryable() {
+        let Ok(ml) = AzureMl::from_env(&env_map(), ManagedIdentityId::SystemAssigned) else {
+            panic!("valid")
+        };
+        for status in MSAL_RETRYABLE {
+            let error = ml.parse_response(&response(status, ""));
+            assert!(error.is_err_and(|e| e.retryable), "{status}");
+        }
     }
 }

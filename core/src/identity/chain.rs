@@ -21,8 +21,47 @@
 //! identity, managed identity) or one of `environmentcredential`, `workloadidentitycredential`,
 //! `managedidentitycredential`, `azureclicredential`, `azuredeveloperclicredential`.
 //! After a success, [`Fetch::winner`](super::Fetch::winner) names the source to reuse.
+//! The environment and workload-identity steps honour `AZURE_REGIONAL_AUTHORITY_NAME`
+//! ([`EntraClient::from_env`](super::entra::EntraClient::from_env)).
+//!
+//! # Where this chain deliberately differs from `DefaultAzureCredential`
+//!
+//! Python's azure-identity and Go's azidentity disagree in places; each case below names what
+//! they do, what we do, and why.
+//!
+//! - **`IDENTITY_ENDPOINT` alone** (no `IDENTITY_HEADER`, no `IMDS_ENDPOINT`). Both SDKs fall
+//!   back to IMDS (Go first looks for the Arc agent's files). We skip managed identity, and
+//!   the final error says why (an explicit [`ManagedIdentity::detect`] fails with a
+//!   [`ConfigError`] on `IDENTITY_ENDPOINT`). The variable marks an App Service, Service Fabric or Arc host whose
+//!   configuration is broken; asking IMDS there would authenticate as whatever identity the
+//!   machine underneath has (on AKS, the node's), a principal the operator did not choose and
+//!   that Redis would then see. A clear "fix the host" beats a token for the wrong identity.
+//! - **`IDENTITY_ENDPOINT`, `IMDS_ENDPOINT` and `MSI_ENDPOINT` all set** (no `IDENTITY_HEADER`).
+//!   Python picks Azure Arc; Go (MSAL-Go's source order) picks Cloud Shell, or Azure ML with
+//!   `MSI_SECRET`. We follow Python: `IDENTITY_ENDPOINT` plus `IMDS_ENDPOINT` is what the Arc
+//!   agent exports, while `MSI_ENDPOINT` alone is the weakest signal (a leftover of the legacy
+//!   App Service protocol), and one order for every check keeps [`ManagedIdentity::detect`]
+//!   and the chain in agreement.
+//! - **IMDS answers 400 while `AZURE_CLIENT_ID` selects a user-assigned identity.** Python
+//!   treats every IMDS 400 as "unavailable" and moves on; Go halts the chain with an
+//!   authentication error. We follow Go: the environment named an identity, the VM does not
+//!   have it, and moving on to the CLIs could silently authenticate as a developer instead.
+//!   The chain stops with IMDS's own message (not retryable). Without `AZURE_CLIENT_ID` a 400
+//!   still means "no identity on this VM" and the chain moves on, as in both SDKs.
+//! - **An invalid `AZURE_TOKEN_CREDENTIALS`** is an error when the credential is constructed in
+//!   both SDKs. [`DefaultChain::try_from_env`] does the same (a `ConfigError` on
+//!   `AZURE_TOKEN_CREDENTIALS`) and is the constructor to use; [`DefaultChain::from_env`] stays
+//!   infallible for existing callers, and then every step is skipped with the reason, so the
+//!   first fetch fails with it.
+//! - **A 408 from any managed-identity host** is retryable, as in MSAL and azure-core: inside
+//!   the chain it stops the fetch so the machine retries, rather than falling through to the
+//!   CLIs.
+//! - **No IMDS region probing** for `AZURE_REGIONAL_AUTHORITY_NAME=TryAutoDetect`: only
+//!   `REGION_NAME` is read (MSAL's first source); without it the global authority is used.
+//!   MSAL's IMDS fallback is an I/O step before every confidential-client fetch for a value that
+//!   rarely exists off Azure VMs.
 
-use crate::error::{FetchError, ResponseError};
+use crate::error::{ConfigError, FetchError, ResponseError};
 use crate::identity::cli::{AzureCli, AzureDeveloperCli};
 use crate::identity::client_secret::ClientSecret;
 use crate::identity::env::{self, EnvSource};
@@ -56,7 +95,28 @@ const CLI: &str = "Azure CLI";
 const AZD: &str = "Azure Developer CLI";
 
 impl DefaultChain {
+    /// The chain as the environment configures it, refusing an invalid
+    /// `AZURE_TOKEN_CREDENTIALS` at once, as the Azure SDKs do
+    ///
+    /// # Errors
+    /// A [`ConfigError`] on `AZURE_TOKEN_CREDENTIALS` when it is set to something other than
+    /// `dev`, `prod` or one credential name (case-insensitive).
+    pub fn try_from_env(env: &dyn EnvSource) -> Result<Self, ConfigError> {
+        if let Some(value) = env::var(env, env::AZURE_TOKEN_CREDENTIALS) {
+            if !TOKEN_CREDENTIALS.contains(&value.to_ascii_lowercase().as_str()) {
+                return Err(ConfigError::new(
+                    env::AZURE_TOKEN_CREDENTIALS,
+                    invalid_restriction(&value),
+                ));
+            }
+        }
+        Ok(Self::from_env(env))
+    }
+
     /// The chain as the environment configures it
+    ///
+    /// Infallible: an invalid `AZURE_TOKEN_CREDENTIALS` skips every step with the reason, so the
+    /// first fetch fails. Prefer [`DefaultChain::try_from_env`], which fails here instead.
     pub fn from_env(env: &dyn EnvSource) -> Self {
         let restriction =
             env::var(env, env::AZURE_TOKEN_CREDENTIALS).map(|v| v.to_ascii_lowercase());
@@ -72,13 +132,7 @@ impl DefaultChain {
                 "managedidentitycredential" => name == MANAGED,
                 "azureclicredential" => name == CLI,
                 "azuredeveloperclicredential" => name == AZD,
-                other => {
-                    return Err(format!(
-                        "AZURE_TOKEN_CREDENTIALS={other} is not one of dev, prod, \
-                         environmentcredential, workloadidentitycredential, \
-                         managedidentitycredential, azureclicredential, azuredeveloperclicredential"
-                    ))
-                }
+                other => return Err(invalid_restriction(other)),
             };
             if ok {
                 Ok(())
@@ -127,6 +181,25 @@ impl DefaultChain {
     pub fn steps(&self) -> &[ChainStep] {
         &self.steps
     }
+}
+
+/// The values `AZURE_TOKEN_CREDENTIALS` accepts, lower-cased
+const TOKEN_CREDENTIALS: [&str; 7] = [
+    "dev",
+    "prod",
+    "environmentcredential",
+    "workloadidentitycredential",
+    "managedidentitycredential",
+    "azureclicredential",
+    "azuredeveloperclicredential",
+];
+
+fn invalid_restriction(value: &str) -> String {
+    format!(
+        "AZURE_TOKEN_CREDENTIALS={} is not one of {}",
+        crate::identity::common::clip(value),
+        TOKEN_CREDENTIALS.join(", ")
+    )
 }
 
 fn environment_source(env: &dyn EnvSource) -> Result<TokenSource, String> {
@@ -237,6 +310,13 @@ impl ChainFetch {
         let unavailable = match (&single.source, &error) {
             (_, FetchError::Transport(_) | FetchError::TimedOut { .. }) => true,
             (TokenSource::AzureCli(_) | TokenSource::AzureDeveloperCli(_), _) => true,
+            // Go's DefaultAzureCredential: IMDS refusing an identity the environment named
+            // (`AZURE_CLIENT_ID`) halts the chain, because the operator expected that identity;
+            // falling through could authenticate as a CLI user instead. See the module docs.
+            (
+                TokenSource::ManagedIdentity(ManagedIdentity::Imds(imds)),
+                FetchError::Response(e),
+            ) if e.status == Some(400) && !imds.identity().is_system_assigned() => false,
             (TokenSource::ManagedIdentity(_), FetchError::Response(e)) => !e.retryable,
             _ => false,
         };
@@ -495,5 +575,107 @@ mod tests {
             matches!(no_identity, Ok(Step::RunCommand(_))),
             "{no_identity:?}"
         );
+    }
+
+    #[test]
+    fn request_timeout_from_any_managed_identity_host_stops_the_chain_so_the_machine_retries() {
+        let fabric: &[(&str, &str)] = &[
+            (env::IDENTITY_ENDPOINT, "https://localhost:2377/token"),
+            (env::IDENTITY_HEADER, "h"),
+            (
+                env::IDENTITY_SERVER_THUMBPRINT,
+                "ABCDEF0123456789ABCDEF0123456789ABCDEF01",
+            ),
+        ];
+        let app: &[(&str, &str)] = &[
+            (env::IDENTITY_ENDPOINT, "http://localhost:8081/msi/token"),
+            (env::IDENTITY_HEADER, "h"),
+        ];
+        let ml: &[(&str, &str)] = &[
+            (env::MSI_ENDPOINT, "http://127.0.0.1:46808/MSI/auth"),
+            (env::MSI_SECRET, "s"),
+        ];
+        let shell: &[(&str, &str)] = &[(env::MSI_ENDPOINT, "http://localhost:50342/oauth2/token")];
+        for vars in [fabric, app, ml, shell] {
+            let map: BTreeMap<&str, &str> = vars.iter().copied().collect();
+            let source = TokenSource::DefaultChain(DefaultChain::from_env(&map));
+            let mut fetch = source.fetch(ctx());
+            assert!(matches!(fetch.start(), Ok(Step::Http { .. })), "{vars:?}");
+            let timeout = fetch.on_http_response(&response(408, ""));
+            assert!(timeout.is_err_and(|e| e.is_retryable()), "{vars:?}");
+        }
+        // IMDS (after its probe) and Arc already retried 408; pinned here for the chain too
+        let source = TokenSource::DefaultChain(chain(&[]));
+        let mut fetch = source.fetch(ctx());
+        assert!(fetch.start().is_ok());
+        assert!(fetch.on_http_response(&response(400, "")).is_ok());
+        let timeout = fetch.on_http_response(&response(408, ""));
+        assert!(timeout.is_err_and(|e| e.is_retryable()));
+    }
+
+    #[test]
+    fn imds_refusing_the_client_id_identity_stops_the_chain() {
+        let source = TokenSource::DefaultChain(chain(&[(env::AZURE_CLIENT_ID, "c1")]));
+        let mut fetch = source.fetch(ctx());
+        assert!(fetch.start().is_ok());
+        assert!(fetch.on_http_response(&response(400, "")).is_ok());
+        let refused = fetch.on_http_response(&response(
+            400,
+            r#"{"error":"invalid_request","error_description":"Identity not found"}"#,
+        ));
+        let text = refused
+            .as_ref()
+            .err()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        assert!(
+            text.contains("stopped at managed identity") && text.contains("Identity not found"),
+            "{text}"
+        );
+        assert!(refused.is_err_and(|e| !e.is_retryable()));
+    }
+
+    #[test]
+    fn identity_endpoint_with_imds_endpoint_is_arc_even_when_msi_endpoint_is_set() {
+        let steps = chain(&[
+            (
+                env::IDENTITY_ENDPOINT,
+                "http://localhost:40342/metadata/identity/oauth2/token",
+            ),
+            (env::IMDS_ENDPOINT, "http://localhost:40342"),
+            (env::MSI_ENDPOINT, "http://localhost:50342/oauth2/token"),
+        ]);
+        assert_eq!(
+            names(&steps)[2].1,
+            Ok("managed identity (Azure Arc)".to_owned())
+        );
+    }
+
+    #[test]
+    fn identity_endpoint_alone_skips_managed_identity_with_the_reason() {
+        let steps = names(&chain(&[(
+            env::IDENTITY_ENDPOINT,
+            "http://localhost:1/token",
+        )]));
+        assert!(
+            steps[2]
+                .1
+                .as_ref()
+                .is_err_and(|r| r.contains("IDENTITY_HEADER") && r.contains("IMDS_ENDPOINT")),
+            "{steps:?}"
+        );
+        assert!(steps[3].1.is_ok());
+    }
+
+    #[test]
+    fn invalid_token_credentials_is_an_error_at_construction() {
+        let map: BTreeMap<&str, &str> = [(env::AZURE_TOKEN_CREDENTIALS, "bogus")].into();
+        let error = DefaultChain::try_from_env(&map);
+        assert!(error.is_err_and(
+            |e| e.field == env::AZURE_TOKEN_CREDENTIALS && e.to_string().contains("not one of")
+        ),);
+        let map: BTreeMap<&str, &str> = [(env::AZURE_TOKEN_CREDENTIALS, " Dev ")].into();
+        assert!(DefaultChain::try_from_env(&map).is_ok());
+        assert!(DefaultChain::try_from_env(&BTreeMap::<&str, &str>::new()).is_ok());
     }
 }

@@ -1,8 +1,8 @@
 //! Azure Cloud Shell: the signed-in portal user's token
 //!
 //! `POST {MSI_ENDPOINT}` with `Metadata: true` and the form body `resource=..`. No user-assigned
-//! identity can be chosen. Errors come as `{"error": {"code": .., "message": ..}}`. Retry: 429 and
-//! 5xx. The token is a delegated user token, so its `oid` is the user's object id.
+//! identity can be chosen. Errors come as `{"error": {"code": .., "message": ..}}`. Retry: 408, 429
+//! and 5xx. The token is a delegated user token, so its `oid` is the user's object id.
 
 use crate::error::{ConfigError, ResponseError};
 use crate::identity::app_service::parse_local;
@@ -79,7 +79,7 @@ impl CloudShell {
     /// Reads the answer
     ///
     /// # Errors
-    /// A [`ResponseError`]; 429 and 5xx are retryable.
+    /// A [`ResponseError`]; 408, 429 and 5xx are retryable.
     pub fn parse_response(
         &self,
         response: &http::Response<Vec<u8>>,
@@ -91,7 +91,7 @@ impl CloudShell {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::imds::tests::response;
+    use crate::identity::imds::tests::{response, MSAL_RETRYABLE};
 
     #[test]
     fn request_is_a_form_post_with_metadata() {
@@ -145,5 +145,17 @@ mod tests {
         assert!(shell
             .parse_response(&response(503, ""))
             .is_err_and(|e| e.retryable));
+    }
+
+    #[test]
+    fn request_timeout_and_msal_retry_statuses_are_retryable() {
+        let Ok(shell) = CloudShell::new(DEFAULT_ENDPOINT, &ManagedIdentityId::SystemAssigned)
+        else {
+            panic!("valid")
+        };
+        for status in MSAL_RETRYABLE {
+            let error = shell.parse_response(&response(status, ""));
+            assert!(error.is_err_and(|e| e.retryable), "{status}");
+        }
     }
 }

@@ -248,9 +248,9 @@ pub(crate) enum RetryRules {
     Imds,
     /// App Service / Functions: 408, 429, 5xx
     AppService,
-    /// Service Fabric: 429 and 5xx; 404 is a misconfiguration
+    /// Service Fabric: 408, 429 and 5xx; 404 is a misconfiguration
     ServiceFabric,
-    /// Cloud Shell, Azure ML: 429 and 5xx
+    /// Cloud Shell, Azure ML: 408, 429 and 5xx
     LocalDefault,
     /// Entra token endpoint: 408, 429, 5xx, or `temporarily_unavailable`
     Entra,
@@ -261,8 +261,14 @@ impl RetryRules {
         let server = (500..600).contains(&status);
         match self {
             RetryRules::Imds => matches!(status, 404 | 408 | 410 | 429) || server,
-            RetryRules::AppService | RetryRules::Entra => matches!(status, 408 | 429) || server,
-            RetryRules::ServiceFabric | RetryRules::LocalDefault => status == 429 || server,
+            // 408 is retryable on every managed-identity host: MSAL (NET, Go, Python) retries
+            // 408, 429, 500, 502, 503 and 504 whatever the host, and azure-core's default policy
+            // retries 408. Treating it as final would also make the default chain read it as
+            // "no identity here" and fall through to the CLIs.
+            RetryRules::AppService
+            | RetryRules::ServiceFabric
+            | RetryRules::LocalDefault
+            | RetryRules::Entra => matches!(status, 408 | 429) || server,
         }
     }
 }
@@ -302,6 +308,7 @@ pub(crate) fn status_error(
 fn advice(rules: RetryRules, status: u16, body: Option<&EntraErrorBody>) -> &'static str {
     let code = body.and_then(|b| b.error.as_deref()).unwrap_or("");
     match (rules, status, code) {
+        (_, 408, _) => "the endpoint timed out waiting for the request; try again",
         (_, 429, _) => "throttled; wait and try again",
         (_, 500..=599, _) | (RetryRules::Entra, _, "temporarily_unavailable") => {
             "the service had a transient failure; try again"

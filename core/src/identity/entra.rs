@@ -21,6 +21,8 @@ pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-be
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EntraClient {
     authority: Authority,
+    /// Lower-cased region name; the token request then goes to the regional authority
+    region: Option<String>,
     tenant: TenantId,
     client_id: String,
     scope: String,
@@ -42,31 +44,69 @@ impl EntraClient {
         }
         Ok(Self {
             authority: Authority::default(),
+            region: None,
             tenant: TenantId::parse(tenant)?,
             client_id: client_id.to_owned(),
             scope: DEFAULT_SCOPE.to_owned(),
         })
     }
 
-    /// From `AZURE_TENANT_ID`, `AZURE_CLIENT_ID` and `AZURE_AUTHORITY_HOST`
+    /// From `AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_AUTHORITY_HOST` and
+    /// `AZURE_REGIONAL_AUTHORITY_NAME`
+    ///
+    /// `AZURE_REGIONAL_AUTHORITY_NAME` is read as the Azure SDKs for Python and Go read it for
+    /// confidential clients: a region name (`westus2`) sends token requests to that region's
+    /// Entra endpoint ([`Authority::regional`]); `TryAutoDetect` (any case) takes the region from
+    /// `REGION_NAME` (spaces removed, lower-cased, as MSAL does) and uses the global authority
+    /// when that is unset. Unlike MSAL, IMDS is never asked for the region.
     ///
     /// # Errors
-    /// As [`EntraClient::new`] and [`Authority::parse`].
+    /// As [`EntraClient::new`], [`Authority::parse`] and [`EntraClient::with_region`].
     pub fn from_env(env: &dyn EnvSource) -> Result<Self, ConfigError> {
         let tenant = env::var(env, env::AZURE_TENANT_ID).unwrap_or_default();
         let client_id = env::var(env, env::AZURE_CLIENT_ID).unwrap_or_default();
-        let client = Self::new(&tenant, &client_id)?;
-        match env::var(env, env::AZURE_AUTHORITY_HOST) {
-            Some(host) => Ok(client.with_authority(Authority::parse(&host)?)),
+        let mut client = Self::new(&tenant, &client_id)?;
+        if let Some(host) = env::var(env, env::AZURE_AUTHORITY_HOST) {
+            client = client.with_authority(Authority::parse(&host)?);
+        }
+        let region = match env::var(env, env::AZURE_REGIONAL_AUTHORITY_NAME) {
+            Some(value) if value.eq_ignore_ascii_case("tryautodetect") => {
+                env::var(env, env::REGION_NAME).map(|r| r.replace(' ', "").to_ascii_lowercase())
+            }
+            other => other,
+        };
+        match region.filter(|r| !r.is_empty()) {
+            Some(region) => client.with_region(&region),
             None => Ok(client),
         }
     }
 
     /// Uses another authority (sovereign cloud, Azure Stack, emulator)
+    ///
+    /// A region set before stays; an authority without a regional form then makes the token
+    /// request fail with a [`ConfigError`].
     #[must_use]
     pub fn with_authority(mut self, authority: Authority) -> Self {
         self.authority = authority;
         self
+    }
+
+    /// Sends token requests to `region`'s Entra endpoint (ESTS-R), e.g. `westus2`
+    ///
+    /// Tokens are the same as the global endpoint's; the regional endpoint keeps the traffic
+    /// inside the region (MSAL's reason for regional authorities).
+    ///
+    /// # Errors
+    /// As [`Authority::regional`] for the current authority.
+    pub fn with_region(mut self, region: &str) -> Result<Self, ConfigError> {
+        self.authority.regional(region)?;
+        self.region = Some(region.trim().to_ascii_lowercase());
+        Ok(self)
+    }
+
+    /// The region token requests go to, if one is set
+    pub fn region(&self) -> Option<&str> {
+        self.region.as_deref()
     }
 
     /// Asks for another scope than Redis's
@@ -99,9 +139,23 @@ impl EntraClient {
         &self.scope
     }
 
-    /// `{authority}/{tenant}/oauth2/v2.0/token`: the URL posted to, and a client assertion's `aud`
+    /// `{authority}/{tenant}/oauth2/v2.0/token` on the global authority: a client assertion's
+    /// `aud` (MSAL keeps the global endpoint there even for regional requests), and the URL
+    /// posted to unless a region is set ([`EntraClient::request_url`])
     pub fn token_url(&self) -> String {
         self.authority.token_url(&self.tenant)
+    }
+
+    /// The URL token requests are posted to: the regional authority's token endpoint when a
+    /// region is set, [`EntraClient::token_url`] otherwise
+    ///
+    /// # Errors
+    /// As [`Authority::regional`], when a region is set and the authority has no regional form.
+    pub fn request_url(&self) -> Result<String, ConfigError> {
+        match &self.region {
+            Some(region) => Ok(self.authority.regional(region)?.token_url(&self.tenant)),
+            None => Ok(self.token_url()),
+        }
     }
 
     /// A client-credentials `POST`: `client_id`, `grant_type`, `scope` and `credential` fields,
@@ -119,7 +173,7 @@ impl EntraClient {
         fields.sort_by(|a, b| a.0.cmp(b.0));
         common::request(
             http::Method::POST,
-            &self.token_url(),
+            &self.request_url()?,
             &[Header::plain(
                 "content-type",
                 "application/x-www-form-urlencoded",
@@ -250,5 +304,125 @@ mod tests {
         }
         let no_body = parse_response(&response(503, "")).err();
         assert_eq!(no_body.and_then(|e| e.entra), None::<Box<EntraErrorBody>>);
+    }
+
+    fn env_client(vars: &[(&'static str, &'static str)]) -> Result<EntraClient, ConfigError> {
+        let mut map: std::collections::BTreeMap<&str, &str> = vars.iter().copied().collect();
+        map.insert(env::AZURE_TENANT_ID, "t1");
+        map.insert(env::AZURE_CLIENT_ID, "c1");
+        EntraClient::from_env(&map)
+    }
+
+    fn posted(client: &EntraClient) -> String {
+        match client.form_request(&[]) {
+            Ok(request) => request.uri().to_string(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn regional_authority_name_sends_public_cloud_requests_to_the_regional_host() {
+        let client = env_client(&[(env::AZURE_REGIONAL_AUTHORITY_NAME, "WestUS2")]);
+        let Ok(client) = client else {
+            panic!("{client:?}")
+        };
+        assert_eq!(client.region(), Some("westus2"));
+        assert_eq!(
+            posted(&client),
+            "https://westus2.login.microsoft.com/t1/oauth2/v2.0/token"
+        );
+        // the client assertion's audience stays the global endpoint, as in MSAL
+        assert_eq!(
+            client.token_url(),
+            "https://login.microsoftonline.com/t1/oauth2/v2.0/token"
+        );
+        for alias in [
+            "login.microsoft.com",
+            "https://login.windows.net/",
+            "sts.windows.net",
+        ] {
+            let client = env_client(&[
+                (env::AZURE_AUTHORITY_HOST, alias),
+                (env::AZURE_REGIONAL_AUTHORITY_NAME, "eastus"),
+            ]);
+            assert!(
+                client.is_ok_and(
+                    |c| posted(&c) == "https://eastus.login.microsoft.com/t1/oauth2/v2.0/token"
+                ),
+                "{alias}"
+            );
+        }
+        let unset = env_client(&[(env::AZURE_REGIONAL_AUTHORITY_NAME, " ")]);
+        assert!(unset.is_ok_and(|c| c.region().is_none()
+            && posted(&c) == "https://login.microsoftonline.com/t1/oauth2/v2.0/token"));
+    }
+
+    #[test]
+    fn regional_authority_in_other_clouds_follows_msal_region_dot_host() {
+        for (host, expected) in [
+            (
+                Authority::US_GOVERNMENT,
+                "https://usgovvirginia.login.microsoftonline.us/t1/oauth2/v2.0/token",
+            ),
+            (
+                "login.chinacloudapi.cn:8443",
+                "https://usgovvirginia.login.chinacloudapi.cn:8443/t1/oauth2/v2.0/token",
+            ),
+        ] {
+            let client = env_client(&[
+                (env::AZURE_AUTHORITY_HOST, host),
+                (env::AZURE_REGIONAL_AUTHORITY_NAME, "usgovvirginia"),
+            ]);
+            assert!(client.is_ok_and(|c| posted(&c) == expected), "{host}");
+        }
+    }
+
+    #[test]
+    fn try_auto_detect_reads_region_name_and_otherwise_uses_the_global_authority() {
+        let detected = env_client(&[
+            (env::AZURE_REGIONAL_AUTHORITY_NAME, "TryAutoDetect"),
+            (env::REGION_NAME, "West US 2"),
+        ]);
+        assert!(detected.is_ok_and(
+            |c| posted(&c) == "https://westus2.login.microsoft.com/t1/oauth2/v2.0/token"
+        ));
+        let nothing = env_client(&[(env::AZURE_REGIONAL_AUTHORITY_NAME, "tryautodetect")]);
+        assert!(nothing.is_ok_and(|c| c.region().is_none()
+            && posted(&c) == "https://login.microsoftonline.com/t1/oauth2/v2.0/token"));
+    }
+
+    #[test]
+    fn bad_regions_and_authorities_without_a_regional_form_are_refused_clearly() {
+        for region in ["west us", "a.b", "-x", "x/y", "é"] {
+            let client = env_client(&[(env::AZURE_REGIONAL_AUTHORITY_NAME, region)]);
+            assert!(
+                client
+                    .is_err_and(|e| e.field == "region"
+                        && e.to_string().contains("not an Azure region name")),
+                "{region}"
+            );
+        }
+        for host in [
+            "http://127.0.0.1:8080",
+            "http://localhost:1",
+            "https://10.0.0.1",
+            "https://adfs.contoso.com/adfs",
+        ] {
+            let client = env_client(&[
+                (env::AZURE_AUTHORITY_HOST, host),
+                (env::AZURE_REGIONAL_AUTHORITY_NAME, "westus2"),
+            ]);
+            assert!(
+                client
+                    .is_err_and(|e| e.field == "region"
+                        && e.to_string().contains("has no regional endpoint")),
+                "{host}"
+            );
+        }
+        // a region set before an emulator authority fails at the request, not with a panic
+        let late = EntraClient::new("t1", "c1")
+            .and_then(|c| c.with_region("westus2"))
+            .map(|c| c.with_authority(Authority::parse("http://127.0.0.1:1").unwrap_or_default()));
+        assert!(late.is_ok_and(|c| c.form_request(&[]).is_err()));
     }
 }

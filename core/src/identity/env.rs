@@ -55,6 +55,12 @@ pub const AZURE_CLIENT_CERTIFICATE_PATH: &str = "AZURE_CLIENT_CERTIFICATE_PATH";
 pub const AZURE_CLIENT_CERTIFICATE_PASSWORD: &str = "AZURE_CLIENT_CERTIFICATE_PASSWORD";
 /// `1`/`true`: send the `x5c` certificate chain (subject name / issuer authentication)
 pub const AZURE_CLIENT_SEND_CERTIFICATE_CHAIN: &str = "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN";
+/// Regional Entra endpoint for confidential clients (secret, certificate, workload identity):
+/// a region name such as `westus2`, or `TryAutoDetect` to read [`REGION_NAME`]
+pub const AZURE_REGIONAL_AUTHORITY_NAME: &str = "AZURE_REGIONAL_AUTHORITY_NAME";
+/// The region Azure hosting sets (Functions, App Service), e.g. `West US 2`; read only for
+/// `AZURE_REGIONAL_AUTHORITY_NAME=TryAutoDetect`
+pub const REGION_NAME: &str = "REGION_NAME";
 /// Entra authority host (sovereign cloud, emulator)
 pub const AZURE_AUTHORITY_HOST: &str = "AZURE_AUTHORITY_HOST";
 /// Projected service-account token of AKS workload identity

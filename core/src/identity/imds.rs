@@ -187,6 +187,9 @@ pub(crate) mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
+    /// The statuses MSAL retries on every managed-identity host
+    pub(crate) const MSAL_RETRYABLE: [u16; 6] = [408, 429, 500, 502, 503, 504];
+
     pub(crate) fn response(status: u16, body: &str) -> http::Response<Vec<u8>> {
         let mut response = http::Response::new(body.as_bytes().to_vec());
         *response.status_mut() = http::StatusCode::from_u16(status).unwrap_or_default();
@@ -330,5 +333,14 @@ pub(crate) mod tests {
         );
         let error = imds.parse_response(&response(429, "")).err();
         assert!(error.is_some_and(|e| e.retryable && e.retry_after.is_none()));
+    }
+
+    #[test]
+    fn request_timeout_and_msal_retry_statuses_are_retryable() {
+        let imds = Imds::new(ManagedIdentityId::SystemAssigned);
+        for status in MSAL_RETRYABLE {
+            let error = imds.parse_response(&response(status, ""));
+            assert!(error.is_err_and(|e| e.retryable), "{status}");
+        }
     }
 }

@@ -5,7 +5,7 @@
 //! it, accepting only a server certificate whose SHA-1 thumbprint (of the leaf DER) equals
 //! `IDENTITY_SERVER_THUMBPRINT` ([`ServiceFabric::server_thumbprint`]), and must not follow
 //! redirects. The identity is fixed by the application manifest, so none can be selected.
-//! Errors: `{"error": {"correlationId", "code", "message"}}`. Retry: 429 and 5xx; 404 means the
+//! Errors: `{"error": {"correlationId", "code", "message"}}`. Retry: 408, 429 and 5xx; 404 means the
 //! application has no identity and is not retried.
 
 use crate::error::{ConfigError, ResponseError};
@@ -131,7 +131,7 @@ impl ServiceFabric {
     /// Reads the answer (`expires_on` as number or string)
     ///
     /// # Errors
-    /// A [`ResponseError`]; 429 and 5xx are retryable, 404 and other 4xx are not.
+    /// A [`ResponseError`]; 408, 429 and 5xx are retryable, 404 and other 4xx are not.
     pub fn parse_response(
         &self,
         response: &http::Response<Vec<u8>>,
@@ -147,7 +147,7 @@ impl ServiceFabric {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::imds::tests::response;
+    use crate::identity::imds::tests::{response, MSAL_RETRYABLE};
     use std::collections::BTreeMap;
 
     fn env_map() -> BTreeMap<&'static str, &'static str> {
@@ -234,5 +234,19 @@ mod tests {
         assert!(fabric
             .parse_response(&response(500, ""))
             .is_err_and(|e| e.retryable));
+    }
+
+    #[test]
+    fn request_timeout_and_msal_retry_statuses_are_retryable() {
+        let fabric = ServiceFabric::from_env(&env_map(), &ManagedIdentityId::SystemAssigned);
+        let Ok(fabric) = fabric else {
+            panic!("{fabric:?}")
+        };
+        for status in MSAL_RETRYABLE {
+            let error = fabric.parse_response(&response(status, ""));
+            assert!(error.is_err_and(|e| e.retryable), "{status}");
+        }
+        let timeout = fabric.parse_response(&response(408, ""));
+        assert!(timeout.is_err_and(|e| e.message.contains("timed out")));
     }
 }

@@ -157,4 +157,14 @@ mod tests {
             assert!(error.is_some(), "{name}");
         }
     }
+
+    #[test]
+    fn regional_authority_name_applies_to_workload_identity_requests() {
+        let mut map = env_map();
+        map.insert(env::AZURE_REGIONAL_AUTHORITY_NAME, "westeurope");
+        let request = WorkloadIdentity::from_env(&map)
+            .and_then(|w| w.build_request(&SecretString::new("eyJ.a.b")));
+        assert!(request.is_ok_and(|r| r.uri()
+            == "https://westeurope.login.microsoft.com/72f988bf-0000-0000-0000-000000000000/oauth2/v2.0/token"));
+    }
 }
