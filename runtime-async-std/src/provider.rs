@@ -222,17 +222,15 @@ impl ProviderBuilder {
     /// Starts a provider on the default chain from the process environment
     ///
     /// # Errors
-    /// As [`build`](Self::build).
+    /// [`StartupError::Config`] for an invalid configuration (an unknown
+    /// `AZURE_TOKEN_CREDENTIALS`), otherwise as [`build`](Self::build).
     pub async fn build_from_env(
         self,
         spawn: impl FnOnce(Driver),
     ) -> Result<Provider, StartupError> {
         let env: BTreeMap<String, String> = std::env::vars().collect();
-        self.build(
-            TokenSource::DefaultChain(DefaultChain::from_env(&env)),
-            spawn,
-        )
-        .await
+        let chain = DefaultChain::try_from_env(&env).map_err(StartupError::Config)?;
+        self.build(TokenSource::DefaultChain(chain), spawn).await
     }
 
     /// Starts a provider around any [`Fetcher`]: spawns the driver, applies the startup policy

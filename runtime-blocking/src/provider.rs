@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use redis_entraid_core::config::Config;
-use redis_entraid_core::error::{FetchError, ReauthError, TransportError};
+use redis_entraid_core::error::{ConfigError, FetchError, ReauthError, TransportError};
 use redis_entraid_core::event::{Action, Event, Generation, RequestId, Status};
 use redis_entraid_core::identity::chain::DefaultChain;
 use redis_entraid_core::identity::TokenSource;
@@ -61,6 +61,10 @@ pub enum StartupError {
     /// The HTTP client could not be set up (an unreadable CA file, `SSL_CERT_FILE` included)
     #[error("could not set up HTTP for identity requests: {0}")]
     Http(TransportError),
+    /// The identity configuration in the environment is invalid (e.g. an unknown
+    /// `AZURE_TOKEN_CREDENTIALS` value), refused before any request, as the Azure SDKs do
+    #[error("the identity configuration in the environment is invalid: {0}")]
+    Config(ConfigError),
 }
 
 /// How many commands may wait for the driver; beyond that, [`deliver`] coalesces or drops
@@ -190,11 +194,13 @@ impl ProviderBuilder {
     /// `AZURE_CLIENT_SECRET`, `AZURE_FEDERATED_TOKEN_FILE`, `IDENTITY_ENDPOINT`, ...)
     ///
     /// # Errors
-    /// As [`build`](Self::build); when no identity works, the error lists what each step of the
-    /// chain tried and why it failed.
+    /// [`StartupError::Config`] for an invalid configuration (an unknown
+    /// `AZURE_TOKEN_CREDENTIALS`), otherwise as [`build`](Self::build); when no identity works,
+    /// the error lists what each step of the chain tried and why it failed.
     pub fn build_from_env(self) -> Result<Provider, StartupError> {
         let env: BTreeMap<String, String> = std::env::vars().collect();
-        self.build(TokenSource::DefaultChain(DefaultChain::from_env(&env)))
+        let chain = DefaultChain::try_from_env(&env).map_err(StartupError::Config)?;
+        self.build(TokenSource::DefaultChain(chain))
     }
 
     /// Starts the driver thread around any [`Fetcher`] and applies the startup policy

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use redis_entraid_core::config::Config;
-use redis_entraid_core::error::{FetchError, ReauthError, TransportError};
+use redis_entraid_core::error::{ConfigError, FetchError, ReauthError, TransportError};
 use redis_entraid_core::event::{Action, Event, Generation, RequestId, Status};
 use redis_entraid_core::machine::TokenManager;
 use redis_entraid_core::token::{Credentials, TokenResponse};
@@ -58,6 +58,10 @@ pub enum StartupError {
     /// The default HTTP client could not be built (e.g. an unreadable `SSL_CERT_FILE`)
     #[error("cannot build the HTTP client: {0}")]
     Client(TransportError),
+    /// The identity configuration in the environment is invalid (e.g. an unknown
+    /// `AZURE_TOKEN_CREDENTIALS` value), refused before any request, as the Azure SDKs do
+    #[error("the identity configuration in the environment is invalid: {0}")]
+    Config(ConfigError),
     /// `build` was called outside a tokio runtime
     #[error("redis-entraid-tokio needs a tokio runtime: call build() from within one")]
     NoRuntime,
@@ -315,11 +319,13 @@ impl Provider {
     /// CLI, azd), with the default configuration and the reqwest client
     ///
     /// # Errors
-    /// [`StartupError::Client`] when the HTTP client cannot be built, otherwise as
+    /// [`StartupError::Config`] for an invalid configuration (an unknown
+    /// `AZURE_TOKEN_CREDENTIALS`), [`StartupError::Client`] when the HTTP client cannot be
+    /// built, otherwise as
     /// [`ProviderBuilder::build`].
     #[cfg(feature = "reqwest")]
     pub async fn from_env(startup: Startup) -> Result<Provider, StartupError> {
-        let identity = crate::source::Identity::from_env().map_err(StartupError::Client)?;
+        let identity = crate::source::Identity::from_env()?;
         Provider::builder().startup(startup).build(identity).await
     }
 

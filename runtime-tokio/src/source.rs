@@ -168,16 +168,24 @@ impl Identity<crate::http::ReqwestClient> {
     /// configured from this process's environment variables
     ///
     /// # Errors
-    /// As [`Identity::new`].
-    pub fn from_env() -> Result<Self, TransportError> {
-        Self::new(default_chain_from_env())
+    /// [`StartupError::Config`](crate::StartupError::Config) for an invalid configuration (an
+    /// unknown `AZURE_TOKEN_CREDENTIALS`), [`StartupError::Client`](crate::StartupError::Client)
+    /// when the HTTP client cannot be built.
+    pub fn from_env() -> Result<Self, crate::StartupError> {
+        let source = default_chain_from_env().map_err(crate::StartupError::Config)?;
+        Self::new(source).map_err(crate::StartupError::Client)
     }
 }
 
 /// The default chain configured from `std::env::vars()`
-pub fn default_chain_from_env() -> CoreSource {
+///
+/// # Errors
+/// A [`ConfigError`](redis_entraid_core::error::ConfigError) for an invalid configuration
+/// (an unknown `AZURE_TOKEN_CREDENTIALS`), refused here as the Azure SDKs refuse it at
+/// construction.
+pub fn default_chain_from_env() -> Result<CoreSource, redis_entraid_core::error::ConfigError> {
     let env: BTreeMap<String, String> = std::env::vars().collect();
-    CoreSource::DefaultChain(DefaultChain::from_env(&env))
+    DefaultChain::try_from_env(&env).map(CoreSource::DefaultChain)
 }
 
 impl<C: AsyncHttpClient> Identity<C> {
