@@ -14,7 +14,7 @@ use redis_entraid_core::token::TokenResponse;
 use crate::http::{Http, HttpConfig};
 use crate::Fetcher;
 
-/// Fetches tokens through an identity flow: HTTP with ureq, files with `std::fs`, CLIs as
+/// Fetches tokens through an identity flow: HTTP with reqwest (blocking), files with `std::fs`, CLIs as
 /// child processes with a timeout
 ///
 /// For the default chain, the source that produced the first token is used alone from then on,
@@ -167,7 +167,7 @@ impl Fetcher for IdentityFetcher {
                     return Ok(token);
                 }
                 _ if left.is_zero() => return Err(FetchError::TimedOut { after: timeout }),
-                Step::Http { request, meta } => match self.http.send(&request, &meta, left) {
+                Step::Http { request, meta } => match self.http.send(request, &meta, left) {
                     Ok(response) => fetch.on_http_response(&response),
                     Err(e) => fetch.on_transport_error(e.into()),
                 },
