@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis_entraid_core::error::TransportError;
-use redis_entraid_core::identity::RequestMeta;
+use redis_entraid_core::identity::{IdentityRequest, RequestMeta};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -96,7 +96,10 @@ fn load_pem(path: &Path, roots: &mut rustls::RootCertStore) -> Result<(), Transp
 }
 
 /// A blocking client with our TLS settings; `proxy` false bypasses every proxy
-fn client(tls: rustls::ClientConfig, proxy: bool) -> Result<reqwest::blocking::Client, TransportError> {
+fn client(
+    tls: rustls::ClientConfig,
+    proxy: bool,
+) -> Result<reqwest::blocking::Client, TransportError> {
     let mut builder = reqwest::blocking::Client::builder()
         .use_preconfigured_tls(tls)
         .redirect(reqwest::redirect::Policy::none())
@@ -151,7 +154,7 @@ impl Http {
     /// Sends one identity request; any HTTP status is a response, only no answer is an error
     pub(crate) fn send(
         &self,
-        request: http::Request<Vec<u8>>,
+        request: IdentityRequest,
         meta: &RequestMeta,
         timeout: Duration,
     ) -> Result<http::Response<Vec<u8>>, TransportError> {

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use redis_entraid_core::error::TransportError;
-use redis_entraid_core::identity::RequestMeta;
+use redis_entraid_core::identity::{IdentityRequest, RequestMeta};
 
 /// Sends one identity request; any async HTTP client can be plugged in through it
 ///
@@ -19,12 +19,12 @@ use redis_entraid_core::identity::RequestMeta;
 /// ```
 /// use std::time::Duration;
 /// use redis_entraid_core::error::TransportError;
-/// use redis_entraid_core::identity::RequestMeta;
+/// use redis_entraid_core::identity::{IdentityRequest, RequestMeta};
 /// use redis_entraid_tokio::AsyncHttpClient;
 ///
 /// struct Refuse;
 /// impl AsyncHttpClient for Refuse {
-///     async fn send(&self, _req: http::Request<Vec<u8>>, _meta: &RequestMeta, _timeout: Duration)
+///     async fn send(&self, _req: IdentityRequest, _meta: &RequestMeta, _timeout: Duration)
 ///         -> Result<http::Response<Vec<u8>>, TransportError> {
 ///         Err(TransportError::permanent("offline"))
 ///     }
@@ -33,11 +33,14 @@ use redis_entraid_core::identity::RequestMeta;
 pub trait AsyncHttpClient: Send + Sync + 'static {
     /// Sends `request` and reads the whole response
     ///
+    /// `request` prints no secret with `{:?}`; [`IdentityRequest::into_parts`] gives the
+    /// method, URI, headers (secret ones marked sensitive) and body to send.
+    ///
     /// # Errors
     /// [`TransportError`] when no response arrived (connection, TLS, timeout, policy refusal).
     fn send(
         &self,
-        request: http::Request<Vec<u8>>,
+        request: IdentityRequest,
         meta: &RequestMeta,
         timeout: Duration,
     ) -> impl Future<Output = Result<http::Response<Vec<u8>>, TransportError>> + Send;
@@ -69,7 +72,7 @@ pub struct NoClient;
 impl AsyncHttpClient for NoClient {
     async fn send(
         &self,
-        _request: http::Request<Vec<u8>>,
+        _request: IdentityRequest,
         _meta: &RequestMeta,
         _timeout: Duration,
     ) -> Result<http::Response<Vec<u8>>, TransportError> {
@@ -180,7 +183,7 @@ mod reqwest_client {
     impl AsyncHttpClient for ReqwestClient {
         async fn send(
             &self,
-            request: http::Request<Vec<u8>>,
+            request: IdentityRequest,
             meta: &RequestMeta,
             timeout: Duration,
         ) -> Result<http::Response<Vec<u8>>, TransportError> {

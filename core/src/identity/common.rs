@@ -392,7 +392,7 @@ pub(crate) fn request(
     headers: &[Header<'_>],
     body: Vec<u8>,
     field: &'static str,
-) -> Result<http::Request<Vec<u8>>, crate::error::ConfigError> {
+) -> Result<crate::identity::IdentityRequest, crate::error::ConfigError> {
     let uri: http::Uri = url.parse().map_err(|_| {
         crate::error::ConfigError::new(field, format!("`{}` is not a valid URL", clip(url)))
     })?;
@@ -414,7 +414,7 @@ pub(crate) fn request(
             .headers_mut()
             .insert(http::HeaderName::from_static(header.name), value);
     }
-    Ok(request)
+    Ok(crate::identity::IdentityRequest::new(request))
 }
 
 /// Checks an identity endpoint taken from the environment: an absolute http(s) URL
