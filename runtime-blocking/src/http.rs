@@ -197,7 +197,10 @@ impl Http {
         if let Some(headers) = builder.headers_mut() {
             *headers = response.headers().clone();
         }
-        let mut body = Vec::new();
+        // Sized up front when the length is known, so growing the buffer leaves no partial
+        // copies of the token behind in freed memory.
+        let expected = response.content_length().unwrap_or(0).min(MAX_BODY);
+        let mut body = Vec::with_capacity(usize::try_from(expected).unwrap_or(0));
         response
             .take(MAX_BODY)
             .read_to_end(&mut body)

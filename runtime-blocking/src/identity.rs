@@ -10,6 +10,7 @@ use redis_entraid_core::identity::cli::{CommandOutput, CommandSpec};
 use redis_entraid_core::identity::{FetchContext, Step, TokenSource};
 use redis_entraid_core::secret::SecretBytes;
 use redis_entraid_core::token::TokenResponse;
+use zeroize::Zeroize;
 
 use crate::http::{Http, HttpConfig};
 use crate::Fetcher;
@@ -168,7 +169,13 @@ impl Fetcher for IdentityFetcher {
                 }
                 _ if left.is_zero() => return Err(FetchError::TimedOut { after: timeout }),
                 Step::Http { request, meta } => match self.http.send(request, &meta, left) {
-                    Ok(response) => fetch.on_http_response(&response),
+                    Ok(mut response) => {
+                        let next = fetch.on_http_response(&response);
+                        // The body holds the access token, which the flow has copied into its
+                        // `AccessToken`: wipe this copy.
+                        response.body_mut().zeroize();
+                        next
+                    }
                     Err(e) => fetch.on_transport_error(e.into()),
                 },
                 Step::ReadFile { path, max_len } => fetch.on_file(read_file(&path, max_len)),

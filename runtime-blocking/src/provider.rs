@@ -1,6 +1,5 @@
 //! The provider: one driver thread running the core's machine, and cheap cloneable handles
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -143,8 +142,9 @@ impl ProviderBuilder {
     /// As [`build`](Self::build); when no identity works, the error lists what each step of the
     /// chain tried and why it failed.
     pub fn build_from_env(self) -> Result<Provider, StartupError> {
-        let env: BTreeMap<String, String> = std::env::vars().collect();
-        self.build(TokenSource::DefaultChain(DefaultChain::from_env(&env)))
+        self.build(TokenSource::DefaultChain(DefaultChain::from_env(
+            &ProcessEnv,
+        )))
     }
 
     /// Starts the driver thread around any [`Fetcher`] and applies the startup policy
@@ -570,4 +570,16 @@ fn seeded(config: Config) -> Config {
         seed = (u64::from(std::process::id()) << 32 | u64::from(nanos)).to_le_bytes();
     }
     config.with_seed_if_unset(u64::from_le_bytes(seed))
+}
+
+/// The process environment, read one variable at a time as the flows ask for it
+///
+/// Not a copy of `std::env::vars()`: that would hold every variable, `AZURE_CLIENT_SECRET` and
+/// `IDENTITY_HEADER` included, in plain strings that are never wiped.
+struct ProcessEnv;
+
+impl redis_entraid_core::identity::env::EnvSource for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
 }

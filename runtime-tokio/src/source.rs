@@ -1,7 +1,6 @@
 //! Where tokens come from: anything that can fetch one asynchronously, and the executor that
 //! runs the core's identity flows on tokio
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::process::Stdio;
 use std::time::{Duration, SystemTime};
@@ -12,6 +11,7 @@ use redis_entraid_core::identity::cli::{CommandOutput, CommandSpec};
 use redis_entraid_core::identity::{FetchContext, Step, TokenSource as CoreSource};
 use redis_entraid_core::secret::SecretBytes;
 use redis_entraid_core::token::TokenResponse;
+use zeroize::Zeroize;
 
 use crate::http::AsyncHttpClient;
 use crate::provider::BoxFuture;
@@ -107,10 +107,21 @@ impl Identity<crate::http::ReqwestClient> {
     }
 }
 
-/// The default chain configured from `std::env::vars()`
+/// The default chain configured from the process environment
 pub fn default_chain_from_env() -> CoreSource {
-    let env: BTreeMap<String, String> = std::env::vars().collect();
-    CoreSource::DefaultChain(DefaultChain::from_env(&env))
+    CoreSource::DefaultChain(DefaultChain::from_env(&ProcessEnv))
+}
+
+/// The process environment, read one variable at a time as the flows ask for it
+///
+/// Not a copy of `std::env::vars()`: that would hold every variable, `AZURE_CLIENT_SECRET` and
+/// `IDENTITY_HEADER` included, in plain strings that are never wiped.
+struct ProcessEnv;
+
+impl redis_entraid_core::identity::env::EnvSource for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
 }
 
 impl<C: AsyncHttpClient> Identity<C> {
@@ -136,7 +147,13 @@ impl<C: AsyncHttpClient> Identity<C> {
                 Step::Http { request, meta } => {
                     let t = meta.timeout.map_or(left, |t| t.min(left));
                     match tokio::time::timeout(t, self.client.send(request, &meta, t)).await {
-                        Ok(Ok(response)) => fetch.on_http_response(&response),
+                        Ok(Ok(mut response)) => {
+                            let next = fetch.on_http_response(&response);
+                            // The body holds the access token, which the flow has copied into
+                            // its `AccessToken`: wipe this copy.
+                            response.body_mut().zeroize();
+                            next
+                        }
                         Ok(Err(e)) => fetch.on_transport_error(e.into()),
                         Err(_) => fetch.on_transport_error(FetchError::TimedOut { after: t }),
                     }

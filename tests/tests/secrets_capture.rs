@@ -40,16 +40,13 @@ fn the_capture_detects_each_form_of_a_leaked_secret() {
     );
     let request = http::Request::new(form.clone().into_bytes());
     let leaking = [
-        format!("{form}"),
+        form.clone(),
         format!("{request:?}"),
         format!(
             "x{}",
             base64::engine::general_purpose::STANDARD.encode(format!("a{secret}"))
         ),
-        format!(
-            "{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("ab{secret}"))
-        ),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("ab{secret}")),
         "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzb21lb25lIn0.c2lnbmF0dXJlLW9mLWEtand0".to_owned(),
     ];
     for (i, line) in leaking.iter().enumerate() {

@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 use time::{OffsetDateTime, PrimitiveDateTime, UtcOffset};
+use zeroize::Zeroize;
 
 use crate::error::{EntraErrorBody, ResponseError};
 use crate::token::{AccessToken, TokenResponse};
@@ -126,10 +127,44 @@ pub(crate) fn clip(text: &str) -> String {
     out
 }
 
+/// A parsed JSON object whose string values are zeroized when it is dropped
+///
+/// Token answers (and the CLIs' output) hold the access token: the one copy kept is the
+/// [`AccessToken`] taken out of it, so the parsed map must not linger in freed memory.
+/// (serde_json's own scratch buffer, used only for strings with escapes, is out of reach.)
+pub(crate) struct JsonObject(Map<String, Value>);
+
+impl std::ops::Deref for JsonObject {
+    type Target = Map<String, Value>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl Drop for JsonObject {
+    fn drop(&mut self) {
+        wipe_strings(&mut self.0);
+    }
+}
+
+/// Zeroizes every string value of `map`, however deep
+fn wipe_strings(map: &mut Map<String, Value>) {
+    fn wipe(value: &mut Value) {
+        match value {
+            Value::String(s) => s.zeroize(),
+            Value::Array(items) => items.iter_mut().for_each(wipe),
+            Value::Object(map) => map.values_mut().for_each(wipe),
+            _ => {}
+        }
+    }
+    map.values_mut().for_each(wipe);
+}
+
 /// The JSON object in a body, if it is one
-pub(crate) fn json_object(body: &[u8]) -> Option<Map<String, Value>> {
+pub(crate) fn json_object(body: &[u8]) -> Option<JsonObject> {
     match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(map)) => Some(map),
+        Ok(Value::Object(map)) => Some(JsonObject(map)),
         _ => None,
     }
 }
@@ -451,6 +486,22 @@ pub(crate) fn endpoint_url(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_parsed_token_answer_is_wiped_down_to_every_nested_string() {
+        let mut map = match serde_json::json!({
+            "access_token": "eyJ.secret.token",
+            "nested": {"refresh": ["inner-secret", 1]},
+            "expires_in": 3600
+        }) {
+            Value::Object(map) => map,
+            _ => unreachable!(),
+        };
+        wipe_strings(&mut map);
+        let text = Value::Object(map).to_string();
+        assert!(!text.contains("secret"), "{text}");
+        assert!(text.contains("3600"), "{text}");
+    }
     use serde_json::json;
 
     #[test]
