@@ -18,9 +18,9 @@ mod capture;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use redis_entraid_core::identity::TokenSource;
+use redis_entraid_core::identity::{FetchContext, Step, TokenSource};
 use redis_entraid_core::token::Credentials;
 use redis_entraid_emulator::{ClientCertificate, Emulator, Endpoint, Fault, FaultKind};
 use redis_entraid_tests::{e2e_config, flows, Flow};
@@ -67,7 +67,19 @@ fn entra_flow(flow: &Flow) -> bool {
 fn print_source(seen: &mut Seen, flow: &Flow) {
     seen.print("source", &flow.source);
     seen.display("source name", &flow.source.name());
-    // What a custom HTTP client or a caller of the core receives
+    // What a runtime executing the core, or a custom HTTP client, receives
+    let mut fetch = flow
+        .source
+        .fetch(FetchContext::new(SystemTime::now(), [7; 32]));
+    seen.print("fetch", &fetch);
+    if let Ok(step) = fetch.start() {
+        seen.print("step", &step);
+        if let Step::Http { request, meta } = &step {
+            seen.print("request", request);
+            seen.print("request meta", meta);
+        }
+    }
+    seen.print("fetch under way", &fetch);
     if let TokenSource::ClientSecret(secret) = &flow.source {
         seen.print("client secret", secret);
         seen.print("client secret request", &secret.build_request());
