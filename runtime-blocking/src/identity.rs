@@ -15,11 +15,14 @@ use zeroize::Zeroize;
 use crate::http::{Http, HttpConfig};
 use crate::Fetcher;
 
-/// Fetches tokens through an identity flow: HTTP with reqwest (blocking), files with `std::fs`, CLIs as
-/// child processes with a timeout
+/// Fetches tokens through an identity flow: HTTP with reqwest (blocking), files with `std::fs`,
+/// CLIs as child processes with a timeout
 ///
 /// For the default chain, the source that produced the first token is used alone from then on,
 /// as `DefaultAzureCredential` does.
+///
+/// `fetch` blocks its thread: call it from a plain thread (as the providers do), never from a
+/// task of an async runtime (reqwest's blocking client refuses to run inside a tokio runtime).
 pub struct IdentityFetcher {
     source: TokenSource,
     winner: Mutex<Option<TokenSource>>,

@@ -388,7 +388,13 @@ pub(crate) fn with_query(base: &str, pairs: &[(&str, &str)]) -> String {
 
 /// A form-encoded body from `pairs`
 pub(crate) fn form_body(pairs: &[(&str, &str)]) -> Vec<u8> {
-    let mut form = form_urlencoded::Serializer::new(String::new());
+    // Sized for the worst case (every byte percent-encoded), so the buffer never grows: a
+    // growing buffer would leave partial copies of the secret or assertion in freed memory.
+    let capacity = pairs
+        .iter()
+        .map(|(name, value)| 3 * (name.len() + value.len()) + 2)
+        .sum();
+    let mut form = form_urlencoded::Serializer::new(String::with_capacity(capacity));
     for (name, value) in pairs {
         form.append_pair(name, value);
     }
