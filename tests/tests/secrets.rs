@@ -16,10 +16,14 @@
 #[path = "common/capture.rs"]
 mod capture;
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
+use redis_entraid_core::identity::client_certificate::ClientCertificateFile;
+use redis_entraid_core::identity::env as vars;
+use redis_entraid_core::identity::managed::{ManagedIdentity, ManagedIdentityId};
 use redis_entraid_core::identity::{FetchContext, Step, TokenSource};
 use redis_entraid_core::token::Credentials;
 use redis_entraid_emulator::{ClientCertificate, Emulator, Endpoint, Fault, FaultKind};
@@ -260,6 +264,101 @@ fn tokio(flow: &Flow, emu: &redis_entraid_emulator::BlockingEmulator) -> Seen {
     })
 }
 
+/// The password of the core's PKCS#12 test fixture
+const P12_PASSWORD: &str = "fixture-p12-password";
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../core/test-fixtures")
+}
+
+/// The client-certificate flow from a password-protected PKCS#12 file
+fn pkcs12_flow(emu: &redis_entraid_emulator::BlockingEmulator) -> Flow {
+    let env: BTreeMap<&str, String> = [
+        (vars::AZURE_TENANT_ID, emu.tenant_id().to_owned()),
+        (
+            vars::AZURE_CLIENT_ID,
+            emu.identities().service_principal.client_id.clone(),
+        ),
+        (vars::AZURE_AUTHORITY_HOST, emu.authority_host()),
+        (
+            vars::AZURE_CLIENT_CERTIFICATE_PATH,
+            fixtures().join("client.p12").display().to_string(),
+        ),
+        (
+            vars::AZURE_CLIENT_CERTIFICATE_PASSWORD,
+            P12_PASSWORD.to_owned(),
+        ),
+    ]
+    .into();
+    let env: BTreeMap<String, String> = env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    Flow {
+        name: "client certificate (PKCS#12 with a password)",
+        source: TokenSource::ClientCertificateFile(ClientCertificateFile::from_env(&env).unwrap()),
+    }
+}
+
+/// Azure ML's managed identity (`MSI_ENDPOINT` + `MSI_SECRET`, the `secret` header) aimed at
+/// the emulator's App Service endpoint
+fn azure_ml_source(emu: &redis_entraid_emulator::BlockingEmulator, secret: &str) -> TokenSource {
+    let env: BTreeMap<String, String> = [
+        (vars::MSI_ENDPOINT.to_owned(), emu.app_service_endpoint()),
+        (vars::MSI_SECRET.to_owned(), secret.to_owned()),
+    ]
+    .into();
+    TokenSource::ManagedIdentity(
+        ManagedIdentity::detect(&env, ManagedIdentityId::SystemAssigned).unwrap(),
+    )
+}
+
+/// One fetch of a source the emulator refuses, on every runtime's executor; what was printed
+fn refused(
+    source: &TokenSource,
+    emu: &redis_entraid_emulator::BlockingEmulator,
+    ca: &PathBuf,
+) -> String {
+    let mut seen = Seen::default();
+    let flow = Flow {
+        name: "refused",
+        source: source.clone(),
+    };
+    print_source(&mut seen, &flow);
+    let timeout = Duration::from_secs(5);
+    let http = redis_entraid_blocking::HttpConfig::default()
+        .add_root_ca(ca)
+        .ignore_ssl_cert_file();
+    let fetcher = redis_entraid_blocking::IdentityFetcher::new(source.clone(), &http).unwrap();
+    let blocking = redis_entraid_blocking::Fetcher::fetch(&fetcher, timeout);
+    assert!(blocking.is_err(), "the emulator refuses the request");
+    seen.print("blocking", &blocking);
+    // async-std runs the same executor on the `blocking` thread pool
+    let fetcher = redis_entraid_async_std::IdentityFetcher::new(source.clone(), &http).unwrap();
+    let async_std = smol::block_on(smol::unblock(move || {
+        redis_entraid_async_std::Fetcher::fetch(&fetcher, timeout)
+    }));
+    seen.print("async-std", &async_std);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let tokio = runtime.block_on(async {
+        let client = redis_entraid_tokio::http::ReqwestClient::builder()
+            .ignore_ssl_cert_file()
+            .add_root_certificates_pem(emu.ca_cert_pem().as_bytes())
+            .unwrap()
+            .build()
+            .unwrap();
+        let identity = redis_entraid_tokio::Identity::with_client(source.clone(), client);
+        redis_entraid_tokio::TokenSource::fetch(&identity, timeout).await
+    });
+    for result in [&blocking, &async_std, &tokio] {
+        if let Err(e) = result {
+            seen.display("error", e);
+        }
+    }
+    seen.print("tokio", &tokio);
+    seen.printed
+}
+
 #[test]
 fn no_runtime_logs_prints_or_reports_a_secret_of_any_flow() {
     let captured = capture::install();
@@ -267,7 +366,8 @@ fn no_runtime_logs_prints_or_reports_a_secret_of_any_flow() {
     let emu = Emulator::start_blocking(
         Emulator::builder()
             .token_lifetime(Duration::from_secs(30))
-            .client_certificate(certificate.certificate_pem()),
+            .client_certificate(certificate.certificate_pem())
+            .client_certificate(std::fs::read(fixtures().join("leaf.crt")).unwrap()),
     )
     .expect("the emulator starts (is redis-server installed?)");
     let pem =
@@ -297,6 +397,19 @@ fn no_runtime_logs_prints_or_reports_a_secret_of_any_flow() {
                 .to_owned(),
         ),
     ];
+    let azure_ml_secret = format!(
+        "azure-ml-secret-{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    secrets.push((
+        "Azure ML / MSI secret header".to_owned(),
+        azure_ml_secret.clone(),
+    ));
+    secrets.push(("PKCS#12 password".to_owned(), P12_PASSWORD.to_owned()));
     let key_lines: Vec<String> = certificate
         .pem()
         .lines()
@@ -314,7 +427,9 @@ fn no_runtime_logs_prints_or_reports_a_secret_of_any_flow() {
     let mut tokens = Vec::new();
     let mut cases = 0;
     for runtime in ["blocking", "async-std", "tokio"] {
-        for flow in flows(&emu, &pem).unwrap() {
+        let mut all = flows(&emu, &pem).unwrap();
+        all.push(pkcs12_flow(&emu));
+        for flow in all {
             let seen = match runtime {
                 "blocking" => blocking(&flow, &emu, &ca),
                 "async-std" => async_std(&flow, &emu, &ca),
@@ -331,6 +446,11 @@ fn no_runtime_logs_prints_or_reports_a_secret_of_any_flow() {
             emu.faults().clear();
         }
     }
+    // The legacy `secret` header (Azure ML, App Service 2017): the emulator serves no such
+    // endpoint, so the request is refused, but the header crosses every runtime's HTTP client.
+    let azure_ml = azure_ml_source(&emu, &azure_ml_secret);
+    printed.push_str(&refused(&azure_ml, &emu, &ca));
+    cases += 3;
     let _ = std::fs::remove_file(&pem);
     for (i, token) in tokens.iter().enumerate() {
         secrets.push((format!("token {i}"), token.clone()));
