@@ -1,11 +1,21 @@
-//! HTTP for identity requests, through ureq, with the rules every runtime keeps
+//! HTTP for identity requests, through reqwest's blocking client, with the rules every runtime
+//! keeps
 //!
 //! - Local identity endpoints (IMDS, App Service, Arc, ...) never go through a proxy; remote
-//!   ones (Entra) honour `HTTPS_PROXY` / `NO_PROXY`.
+//!   ones (Entra) use `HTTPS_PROXY` for https and `HTTP_PROXY` for http, and honour `NO_PROXY`
+//!   (reqwest's system proxy rules, read when the client is built).
 //! - Plain `http` only where the flow allows it (local endpoints, a loopback emulator).
 //! - A custom root CA can be added, and `SSL_CERT_FILE` is honoured, on top of the public roots.
 //! - Every request has a timeout; redirects are never followed.
 //! - Service Fabric's self-signed endpoint is accepted only with the pinned SHA-1 thumbprint.
+//!
+//! reqwest rather than ureq 2: ureq 2 writes the whole request prelude (every header but
+//! `Authorization` and `Cookie`) to the `log` crate at DEBUG, so App Service's
+//! `X-IDENTITY-HEADER` and the Service Fabric / MSI `secret` ended up in applications' logs;
+//! ureq 3 hex-dumps every byte sent (headers and form bodies) at TRACE. reqwest (hyper) logs
+//! no header values nor bodies unless `connection_verbose` is switched on, which is never
+//! done here. It also keeps the proxy rules (NO_PROXY, HTTPS_PROXY only for https) that
+//! ureq 2 did not.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -13,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis_entraid_core::error::TransportError;
-use redis_entraid_core::identity::RequestMeta;
+use redis_entraid_core::identity::{IdentityRequest, RequestMeta};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -47,8 +57,8 @@ impl HttpConfig {
 /// The HTTP client of the blocking runtime
 #[derive(Clone)]
 pub(crate) struct Http {
-    direct: ureq::Agent,
-    proxied: ureq::Agent,
+    direct: reqwest::blocking::Client,
+    proxied: reqwest::blocking::Client,
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -85,6 +95,25 @@ fn load_pem(path: &Path, roots: &mut rustls::RootCertStore) -> Result<(), Transp
     Ok(())
 }
 
+/// A blocking client with our TLS settings; `proxy` false bypasses every proxy
+fn client(
+    tls: rustls::ClientConfig,
+    proxy: bool,
+) -> Result<reqwest::blocking::Client, TransportError> {
+    let mut builder = reqwest::blocking::Client::builder()
+        .use_preconfigured_tls(tls)
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .user_agent(concat!("redis-entraid/", env!("CARGO_PKG_VERSION")));
+    if !proxy {
+        builder = builder.no_proxy();
+    }
+    builder
+        .build()
+        .map_err(|e| TransportError::permanent("cannot build the HTTP client").with_source(e))
+}
+
 impl Http {
     pub(crate) fn new(config: &HttpConfig) -> Result<Self, TransportError> {
         let mut roots = rustls::RootCertStore::empty();
@@ -97,29 +126,18 @@ impl Http {
                 load_pem(Path::new(&path), &mut roots)?;
             }
         }
-        let tls = Arc::new(
-            rustls::ClientConfig::builder_with_provider(provider())
-                .with_safe_default_protocol_versions()
-                .map_err(tls_error)?
-                .with_root_certificates(roots)
-                .with_no_client_auth(),
-        );
-        let agent = |proxy: bool| {
-            ureq::AgentBuilder::new()
-                .tls_config(Arc::clone(&tls))
-                .redirects(0)
-                .try_proxy_from_env(proxy)
-                .timeout(Duration::from_secs(30))
-                .user_agent(concat!("redis-entraid/", env!("CARGO_PKG_VERSION")))
-                .build()
-        };
+        let tls = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(tls_error)?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         Ok(Self {
-            direct: agent(false),
-            proxied: agent(true),
+            direct: client(tls.clone(), false)?,
+            proxied: client(tls, true)?,
         })
     }
 
-    fn pinned_agent(&self, thumbprint: &str) -> Result<ureq::Agent, TransportError> {
+    fn pinned_client(thumbprint: &str) -> Result<reqwest::blocking::Client, TransportError> {
         let verifier = Arc::new(PinnedThumbprint {
             sha1_hex: thumbprint.to_ascii_uppercase(),
             provider: provider(),
@@ -130,21 +148,20 @@ impl Http {
             .dangerous()
             .with_custom_certificate_verifier(verifier)
             .with_no_client_auth();
-        Ok(ureq::AgentBuilder::new()
-            .tls_config(Arc::new(tls))
-            .redirects(0)
-            .try_proxy_from_env(false)
-            .build())
+        client(tls, false)
     }
 
     /// Sends one identity request; any HTTP status is a response, only no answer is an error
     pub(crate) fn send(
         &self,
-        request: &http::Request<Vec<u8>>,
+        request: IdentityRequest,
         meta: &RequestMeta,
         timeout: Duration,
     ) -> Result<http::Response<Vec<u8>>, TransportError> {
-        let uri = request.uri();
+        // Taken by value so the body (a form with the client secret or assertion) moves into
+        // the client instead of being copied.
+        let (parts, body) = request.into_parts();
+        let uri = &parts.uri;
         match uri.scheme_str() {
             Some("https") => {}
             Some("http") if meta.allow_plain_http => {}
@@ -157,8 +174,8 @@ impl Http {
             }
         }
         let pinned;
-        let agent = if let Some(thumbprint) = &meta.server_sha1_thumbprint {
-            pinned = self.pinned_agent(thumbprint)?;
+        let client = if let Some(thumbprint) = &meta.server_sha1_thumbprint {
+            pinned = Self::pinned_client(thumbprint)?;
             &pinned
         } else if meta.local_endpoint {
             &self.direct
@@ -166,47 +183,27 @@ impl Http {
             &self.proxied
         };
         let timeout = meta.timeout.map_or(timeout, |t| t.min(timeout));
-        let mut call = agent
-            .request(request.method().as_str(), &uri.to_string())
+        // The header map moves as is, so the core's `sensitive` flags travel with it.
+        let mut call = client
+            .request(parts.method, uri.to_string())
+            .headers(parts.headers)
             .timeout(timeout);
-        for (name, value) in request.headers() {
-            let value = value
-                .to_str()
-                .map_err(|_| TransportError::permanent(format!("header {name} is not text")))?;
-            call = call.set(name.as_str(), value);
+        if !body.is_empty() {
+            call = call.body(body);
         }
-        let answer = if request.body().is_empty() && request.method() == http::Method::GET {
-            call.call()
-        } else {
-            call.send_bytes(request.body())
-        };
-        let response = match answer {
-            Ok(response) | Err(ureq::Error::Status(_, response)) => response,
-            Err(ureq::Error::Transport(e)) => {
-                let text = e.to_string();
-                let host = uri.host().unwrap_or("?");
-                return Err(if text.contains("timed out") || text.contains("Timeout") {
-                    TransportError::new(format!(
-                        "no answer from {host} within {}ms",
-                        timeout.as_millis()
-                    ))
-                } else {
-                    TransportError::new(format!("token request to {host} failed: {}", e.kind()))
-                }
-                .with_source(e));
-            }
-        };
+        let host = uri.host().unwrap_or("?");
+        let response = call.send().map_err(|e| transport(host, timeout, e))?;
         let mut builder = http::Response::builder().status(response.status());
-        for name in response.headers_names() {
-            for value in response.all(&name) {
-                builder = builder.header(name.as_str(), value);
-            }
+        if let Some(headers) = builder.headers_mut() {
+            *headers = response.headers().clone();
         }
-        // One byte past the cap tells a too-large answer from one of exactly the cap; a
-        // truncated body would only fail later as unparseable JSON, hiding the cause.
-        let mut body = Vec::new();
+        // Sized up front when the length is known, so growing the buffer leaves no partial
+        // copies of the token behind in freed memory. One byte past the cap tells a too-large
+        // answer from one of exactly the cap; a truncated body would only fail later as
+        // unparseable JSON, hiding the cause.
+        let expected = response.content_length().unwrap_or(0).min(MAX_BODY);
+        let mut body = Vec::with_capacity(usize::try_from(expected).unwrap_or(0));
         response
-            .into_reader()
             .take(MAX_BODY + 1)
             .read_to_end(&mut body)
             .map_err(|e| {
@@ -220,6 +217,24 @@ impl Http {
         builder.body(body).map_err(|e| {
             TransportError::new("the identity endpoint sent an unusable header").with_source(e)
         })
+    }
+}
+
+fn transport(host: &str, timeout: Duration, e: reqwest::Error) -> TransportError {
+    // reqwest's error text holds the URL, which never carries secrets for these flows (they
+    // travel in bodies and headers); it is dropped anyway so errors stay short.
+    let e = e.without_url();
+    if e.is_timeout() {
+        TransportError::new(format!(
+            "no answer from {host} within {}ms",
+            timeout.as_millis()
+        ))
+        .with_source(e)
+    } else if e.is_connect() {
+        TransportError::new(format!("token request to {host} failed: could not connect"))
+            .with_source(e)
+    } else {
+        TransportError::new(format!("token request to {host} failed")).with_source(e)
     }
 }
 

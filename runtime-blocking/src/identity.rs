@@ -11,15 +11,19 @@ use redis_entraid_core::identity::custom::CustomSource;
 use redis_entraid_core::identity::{FetchContext, Step, TokenSource};
 use redis_entraid_core::secret::SecretBytes;
 use redis_entraid_core::token::TokenResponse;
+use zeroize::Zeroize;
 
 use crate::http::{Http, HttpConfig};
 use crate::Fetcher;
 
-/// Fetches tokens through an identity flow: HTTP with ureq, files with `std::fs`, CLIs as
-/// child processes with a timeout
+/// Fetches tokens through an identity flow: HTTP with reqwest (blocking), files with `std::fs`,
+/// CLIs as child processes with a timeout
 ///
 /// For the default chain, the source that produced the first token is used alone from then on,
 /// as `DefaultAzureCredential` does.
+///
+/// `fetch` blocks its thread: call it from a plain thread (as the providers do), never from a
+/// task of an async runtime (reqwest's blocking client refuses to run inside a tokio runtime).
 pub struct IdentityFetcher {
     source: TokenSource,
     winner: Mutex<Option<TokenSource>>,
@@ -288,8 +292,14 @@ impl Fetcher for IdentityFetcher {
                     return Ok(token);
                 }
                 _ if left.is_zero() => return Err(FetchError::TimedOut { after: timeout }),
-                Step::Http { request, meta } => match self.http.send(&request, &meta, left) {
-                    Ok(response) => fetch.on_http_response(&response),
+                Step::Http { request, meta } => match self.http.send(request, &meta, left) {
+                    Ok(mut response) => {
+                        let next = fetch.on_http_response(&response);
+                        // The body holds the access token, which the flow has copied into its
+                        // `AccessToken`: wipe this copy.
+                        response.body_mut().zeroize();
+                        next
+                    }
                     Err(e) => fetch.on_transport_error(e.into()),
                 },
                 Step::ReadFile { path, max_len } => fetch.on_file(read_file(&path, max_len)),

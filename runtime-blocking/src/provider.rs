@@ -1,6 +1,5 @@
 //! The provider: one driver thread running the core's machine, and cheap cloneable handles
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -198,8 +197,7 @@ impl ProviderBuilder {
     /// `AZURE_TOKEN_CREDENTIALS`), otherwise as [`build`](Self::build); when no identity works,
     /// the error lists what each step of the chain tried and why it failed.
     pub fn build_from_env(self) -> Result<Provider, StartupError> {
-        let env: BTreeMap<String, String> = std::env::vars().collect();
-        let chain = DefaultChain::try_from_env(&env).map_err(StartupError::Config)?;
+        let chain = DefaultChain::try_from_env(&ProcessEnv).map_err(StartupError::Config)?;
         self.build(TokenSource::DefaultChain(chain))
     }
 
@@ -660,4 +658,16 @@ fn seeded(config: Config) -> Config {
         seed = (u64::from(std::process::id()) << 32 | u64::from(nanos)).to_le_bytes();
     }
     config.with_seed_if_unset(u64::from_le_bytes(seed))
+}
+
+/// The process environment, read one variable at a time as the flows ask for it
+///
+/// Not a copy of `std::env::vars()`: that would hold every variable, `AZURE_CLIENT_SECRET` and
+/// `IDENTITY_HEADER` included, in plain strings that are never wiped.
+struct ProcessEnv;
+
+impl redis_entraid_core::identity::env::EnvSource for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
 }

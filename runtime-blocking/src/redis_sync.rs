@@ -112,6 +112,8 @@ impl Link {
             return Err(closed());
         };
         let timeout = Some(timeout.max(Duration::from_millis(1)));
+        // redis-rs copies each argument into the command's buffer, dropped unwiped after
+        // sending: a copy its `Cmd` API forces.
         let mut auth = Cmd::new();
         auth.arg("AUTH")
             .arg(credentials.username())
@@ -600,6 +602,8 @@ impl EntraClient {
         credentials: &Credentials,
         timeout: Duration,
     ) -> RedisResult<redis::Connection> {
+        // A copy forced by redis-rs: its connection settings hold the password as a plain
+        // `String` for the connection's life and never wipe it.
         let info = self.client.get_connection_info().clone();
         let settings = info
             .redis_settings()

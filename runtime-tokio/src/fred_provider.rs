@@ -108,6 +108,8 @@ impl FredCredentials {
             None => self.provider.wait_newer(None, self.connect_wait).await,
         };
         match current {
+            // A copy forced by fred's `CredentialProvider` API (owned `String`s, one per
+            // call); fred drops it after `AUTH`/`HELLO` without wiping it.
             Some((_, c)) => Ok((
                 Some(c.username().to_owned()),
                 Some(c.password().expose_secret().to_owned()),

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use redis_entraid_core::error::TransportError;
-use redis_entraid_core::identity::RequestMeta;
+use redis_entraid_core::identity::{IdentityRequest, RequestMeta};
 
 /// The largest identity response body read (real ones are a few kilobytes); the blocking
 /// runtime has the same cap
@@ -24,12 +24,12 @@ pub const MAX_BODY: usize = 1024 * 1024;
 /// ```
 /// use std::time::Duration;
 /// use redis_entraid_core::error::TransportError;
-/// use redis_entraid_core::identity::RequestMeta;
+/// use redis_entraid_core::identity::{IdentityRequest, RequestMeta};
 /// use redis_entraid_tokio::AsyncHttpClient;
 ///
 /// struct Refuse;
 /// impl AsyncHttpClient for Refuse {
-///     async fn send(&self, _req: http::Request<Vec<u8>>, _meta: &RequestMeta, _timeout: Duration)
+///     async fn send(&self, _req: IdentityRequest, _meta: &RequestMeta, _timeout: Duration)
 ///         -> Result<http::Response<Vec<u8>>, TransportError> {
 ///         Err(TransportError::permanent("offline"))
 ///     }
@@ -38,11 +38,14 @@ pub const MAX_BODY: usize = 1024 * 1024;
 pub trait AsyncHttpClient: Send + Sync + 'static {
     /// Sends `request` and reads the whole response
     ///
+    /// `request` prints no secret with `{:?}`; [`IdentityRequest::into_parts`] gives the
+    /// method, URI, headers (secret ones marked sensitive) and body to send.
+    ///
     /// # Errors
     /// [`TransportError`] when no response arrived (connection, TLS, timeout, policy refusal).
     fn send(
         &self,
-        request: http::Request<Vec<u8>>,
+        request: IdentityRequest,
         meta: &RequestMeta,
         timeout: Duration,
     ) -> impl Future<Output = Result<http::Response<Vec<u8>>, TransportError>> + Send;
@@ -74,7 +77,7 @@ pub struct NoClient;
 impl AsyncHttpClient for NoClient {
     async fn send(
         &self,
-        _request: http::Request<Vec<u8>>,
+        _request: IdentityRequest,
         _meta: &RequestMeta,
         _timeout: Duration,
     ) -> Result<http::Response<Vec<u8>>, TransportError> {
@@ -185,7 +188,7 @@ mod reqwest_client {
     impl AsyncHttpClient for ReqwestClient {
         async fn send(
             &self,
-            request: http::Request<Vec<u8>>,
+            request: IdentityRequest,
             meta: &RequestMeta,
             timeout: Duration,
         ) -> Result<http::Response<Vec<u8>>, TransportError> {

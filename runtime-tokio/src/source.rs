@@ -1,7 +1,6 @@
 //! Where tokens come from: anything that can fetch one asynchronously, and the executor that
 //! runs the core's identity flows on tokio
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -14,6 +13,7 @@ use redis_entraid_core::identity::custom::CustomSource;
 use redis_entraid_core::identity::{FetchContext, Step, TokenSource as CoreSource};
 use redis_entraid_core::secret::SecretBytes;
 use redis_entraid_core::token::TokenResponse;
+use zeroize::Zeroize;
 
 use crate::http::AsyncHttpClient;
 use crate::provider::BoxFuture;
@@ -177,15 +177,26 @@ impl Identity<crate::http::ReqwestClient> {
     }
 }
 
-/// The default chain configured from `std::env::vars()`
+/// The default chain configured from the process environment
 ///
 /// # Errors
 /// A [`ConfigError`](redis_entraid_core::error::ConfigError) for an invalid configuration
 /// (an unknown `AZURE_TOKEN_CREDENTIALS`), refused here as the Azure SDKs refuse it at
 /// construction.
 pub fn default_chain_from_env() -> Result<CoreSource, redis_entraid_core::error::ConfigError> {
-    let env: BTreeMap<String, String> = std::env::vars().collect();
-    DefaultChain::try_from_env(&env).map(CoreSource::DefaultChain)
+    DefaultChain::try_from_env(&ProcessEnv).map(CoreSource::DefaultChain)
+}
+
+/// The process environment, read one variable at a time as the flows ask for it
+///
+/// Not a copy of `std::env::vars()`: that would hold every variable, `AZURE_CLIENT_SECRET` and
+/// `IDENTITY_HEADER` included, in plain strings that are never wiped.
+struct ProcessEnv;
+
+impl redis_entraid_core::identity::env::EnvSource for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
 }
 
 impl<C: AsyncHttpClient> Identity<C> {
@@ -215,7 +226,13 @@ impl<C: AsyncHttpClient> Identity<C> {
                 Step::Http { request, meta } => {
                     let t = meta.timeout.map_or(left, |t| t.min(left));
                     match tokio::time::timeout(t, self.client.send(request, &meta, t)).await {
-                        Ok(Ok(response)) => fetch.on_http_response(&response),
+                        Ok(Ok(mut response)) => {
+                            let next = fetch.on_http_response(&response);
+                            // The body holds the access token, which the flow has copied into
+                            // its `AccessToken`: wipe this copy.
+                            response.body_mut().zeroize();
+                            next
+                        }
                         Ok(Err(e)) => fetch.on_transport_error(e.into()),
                         Err(_) => fetch.on_transport_error(FetchError::TimedOut { after: t }),
                     }

@@ -109,7 +109,7 @@ struct Recording {
 impl redis_entraid_tokio::AsyncHttpClient for Recording {
     async fn send(
         &self,
-        request: http::Request<Vec<u8>>,
+        request: redis_entraid_core::identity::IdentityRequest,
         meta: &redis_entraid_core::identity::RequestMeta,
         timeout: Duration,
     ) -> Result<http::Response<Vec<u8>>, redis_entraid_core::error::TransportError> {

@@ -89,7 +89,7 @@ impl AppService {
     ///
     /// # Errors
     /// A [`ConfigError`] when the header value holds control characters or the URL is invalid.
-    pub fn build_request(&self) -> Result<http::Request<Vec<u8>>, ConfigError> {
+    pub fn build_request(&self) -> Result<crate::identity::IdentityRequest, ConfigError> {
         let mut query = vec![
             ("api-version", API_VERSION),
             ("resource", self.resource.as_str()),
@@ -163,7 +163,7 @@ impl AppServiceLegacy {
     ///
     /// # Errors
     /// A [`ConfigError`] when the secret holds control characters or the URL is invalid.
-    pub fn build_request(&self) -> Result<http::Request<Vec<u8>>, ConfigError> {
+    pub fn build_request(&self) -> Result<crate::identity::IdentityRequest, ConfigError> {
         legacy_request(
             &self.endpoint,
             &self.secret,
@@ -219,7 +219,7 @@ pub(crate) fn legacy_request(
     secret: &SecretString,
     resource: &str,
     client_id: Option<&str>,
-) -> Result<http::Request<Vec<u8>>, ConfigError> {
+) -> Result<crate::identity::IdentityRequest, ConfigError> {
     let mut query = vec![("api-version", LEGACY_API_VERSION), ("resource", resource)];
     if let Some(client_id) = client_id {
         query.push(("clientid", client_id));

@@ -145,7 +145,10 @@ impl AzureArc {
         self
     }
 
-    fn request(&self, authorization: Option<&str>) -> Result<http::Request<Vec<u8>>, ConfigError> {
+    fn request(
+        &self,
+        authorization: Option<&str>,
+    ) -> Result<crate::identity::IdentityRequest, ConfigError> {
         let mut query = vec![
             ("api-version", API_VERSION),
             ("resource", self.resource.as_str()),
@@ -168,7 +171,7 @@ impl AzureArc {
     ///
     /// # Errors
     /// A [`ConfigError`] when the URL is invalid.
-    pub fn build_request(&self) -> Result<http::Request<Vec<u8>>, ConfigError> {
+    pub fn build_request(&self) -> Result<crate::identity::IdentityRequest, ConfigError> {
         self.request(None)
     }
 
@@ -257,7 +260,7 @@ impl AzureArc {
     pub fn build_authorized_request(
         &self,
         key: &SecretBytes,
-    ) -> Result<http::Request<Vec<u8>>, ResponseError> {
+    ) -> Result<crate::identity::IdentityRequest, ResponseError> {
         let len = u64::try_from(key.len()).unwrap_or(u64::MAX);
         if key.is_empty() || len > MAX_KEY_FILE_LEN {
             return Err(ResponseError::new(

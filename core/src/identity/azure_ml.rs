@@ -73,7 +73,7 @@ impl AzureMl {
     ///
     /// # Errors
     /// A [`ConfigError`] when the secret holds control characters or the URL is invalid.
-    pub fn build_request(&self) -> Result<http::Request<Vec<u8>>, ConfigError> {
+    pub fn build_request(&self) -> Result<crate::identity::IdentityRequest, ConfigError> {
         legacy_request(
             &self.endpoint,
             &self.secret,

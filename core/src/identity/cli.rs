@@ -304,7 +304,7 @@ fn successful_json(
     source: &str,
     program: &str,
     login: &str,
-) -> Result<serde_json::Map<String, Value>, FetchError> {
+) -> Result<common::JsonObject, FetchError> {
     let stderr = String::from_utf8_lossy(&output.stderr);
     let lower = stderr.to_ascii_lowercase();
     let not_found = output.status == Some(127)

@@ -363,7 +363,7 @@ impl ClientCertificate {
         &self,
         wall: SystemTime,
         rng: &mut R,
-    ) -> Result<http::Request<Vec<u8>>, ConfigError> {
+    ) -> Result<crate::identity::IdentityRequest, ConfigError> {
         let assertion = self.build_assertion(wall, rng)?;
         self.client.form_request(&[
             ("client_assertion", assertion.expose_secret()),
@@ -380,7 +380,7 @@ impl ClientCertificate {
         &self,
         wall: SystemTime,
         seed: [u8; 32],
-    ) -> Result<http::Request<Vec<u8>>, ConfigError> {
+    ) -> Result<crate::identity::IdentityRequest, ConfigError> {
         let mut rng = chacha20::ChaCha20Rng::from_seed(seed);
         self.build_request(wall, &mut rng)
     }

@@ -52,7 +52,7 @@ impl ClientSecret {
     ///
     /// # Errors
     /// A [`ConfigError`] when the authority makes an invalid URL.
-    pub fn build_request(&self) -> Result<http::Request<Vec<u8>>, ConfigError> {
+    pub fn build_request(&self) -> Result<crate::identity::IdentityRequest, ConfigError> {
         self.client
             .form_request(&[("client_secret", self.secret.expose_secret())])
     }

@@ -63,7 +63,7 @@ impl CloudShell {
     ///
     /// # Errors
     /// A [`ConfigError`] when the URL is invalid.
-    pub fn build_request(&self) -> Result<http::Request<Vec<u8>>, ConfigError> {
+    pub fn build_request(&self) -> Result<crate::identity::IdentityRequest, ConfigError> {
         common::request(
             http::Method::POST,
             &self.endpoint,

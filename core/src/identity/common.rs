@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 use time::{OffsetDateTime, PrimitiveDateTime, UtcOffset};
+use zeroize::Zeroize;
 
 use crate::error::{EntraErrorBody, ResponseError};
 use crate::token::{AccessToken, TokenResponse};
@@ -126,10 +127,44 @@ pub(crate) fn clip(text: &str) -> String {
     out
 }
 
+/// A parsed JSON object whose string values are zeroized when it is dropped
+///
+/// Token answers (and the CLIs' output) hold the access token: the one copy kept is the
+/// [`AccessToken`] taken out of it, so the parsed map must not linger in freed memory.
+/// (serde_json's own scratch buffer, used only for strings with escapes, is out of reach.)
+pub(crate) struct JsonObject(Map<String, Value>);
+
+impl std::ops::Deref for JsonObject {
+    type Target = Map<String, Value>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl Drop for JsonObject {
+    fn drop(&mut self) {
+        wipe_strings(&mut self.0);
+    }
+}
+
+/// Zeroizes every string value of `map`, however deep
+fn wipe_strings(map: &mut Map<String, Value>) {
+    fn wipe(value: &mut Value) {
+        match value {
+            Value::String(s) => s.zeroize(),
+            Value::Array(items) => items.iter_mut().for_each(wipe),
+            Value::Object(map) => map.values_mut().for_each(wipe),
+            _ => {}
+        }
+    }
+    map.values_mut().for_each(wipe);
+}
+
 /// The JSON object in a body, if it is one
-pub(crate) fn json_object(body: &[u8]) -> Option<Map<String, Value>> {
+pub(crate) fn json_object(body: &[u8]) -> Option<JsonObject> {
     match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(map)) => Some(map),
+        Ok(Value::Object(map)) => Some(JsonObject(map)),
         _ => None,
     }
 }
@@ -360,7 +395,13 @@ pub(crate) fn with_query(base: &str, pairs: &[(&str, &str)]) -> String {
 
 /// A form-encoded body from `pairs`
 pub(crate) fn form_body(pairs: &[(&str, &str)]) -> Vec<u8> {
-    let mut form = form_urlencoded::Serializer::new(String::new());
+    // Sized for the worst case (every byte percent-encoded), so the buffer never grows: a
+    // growing buffer would leave partial copies of the secret or assertion in freed memory.
+    let capacity = pairs
+        .iter()
+        .map(|(name, value)| 3 * (name.len() + value.len()) + 2)
+        .sum();
+    let mut form = form_urlencoded::Serializer::new(String::with_capacity(capacity));
     for (name, value) in pairs {
         form.append_pair(name, value);
     }
@@ -399,7 +440,7 @@ pub(crate) fn request(
     headers: &[Header<'_>],
     body: Vec<u8>,
     field: &'static str,
-) -> Result<http::Request<Vec<u8>>, crate::error::ConfigError> {
+) -> Result<crate::identity::IdentityRequest, crate::error::ConfigError> {
     let uri: http::Uri = url.parse().map_err(|_| {
         crate::error::ConfigError::new(field, format!("`{}` is not a valid URL", clip(url)))
     })?;
@@ -421,7 +462,7 @@ pub(crate) fn request(
             .headers_mut()
             .insert(http::HeaderName::from_static(header.name), value);
     }
-    Ok(request)
+    Ok(crate::identity::IdentityRequest::new(request))
 }
 
 /// Checks an identity endpoint taken from the environment: an absolute http(s) URL
@@ -458,6 +499,22 @@ pub(crate) fn endpoint_url(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_parsed_token_answer_is_wiped_down_to_every_nested_string() {
+        let mut map = match serde_json::json!({
+            "access_token": "eyJ.secret.token",
+            "nested": {"refresh": ["inner-secret", 1]},
+            "expires_in": 3600
+        }) {
+            Value::Object(map) => map,
+            _ => unreachable!(),
+        };
+        wipe_strings(&mut map);
+        let text = Value::Object(map).to_string();
+        assert!(!text.contains("secret"), "{text}");
+        assert!(text.contains("3600"), "{text}");
+    }
     use serde_json::json;
 
     #[test]

@@ -163,7 +163,7 @@ impl EntraClient {
     pub(crate) fn form_request(
         &self,
         credential: &[(&str, &str)],
-    ) -> Result<http::Request<Vec<u8>>, ConfigError> {
+    ) -> Result<crate::identity::IdentityRequest, ConfigError> {
         let mut fields: Vec<(&str, &str)> = vec![
             ("client_id", self.client_id.as_str()),
             ("grant_type", "client_credentials"),

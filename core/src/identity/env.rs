@@ -1,10 +1,14 @@
 //! The environment as an explicit map: the core never reads the process environment
 //!
-//! Runtimes snapshot `std::env::vars()` into a [`BTreeMap`] (or implement [`EnvSource`]) and pass
-//! it in. Names and meanings are the Azure SDKs' (azure-protocols §8.2, §0.4). An empty value counts
-//! as unset, as in the SDKs.
+//! Runtimes implement [`EnvSource`] over the process environment, reading only the variables
+//! a flow asks for (a copy of the whole environment would hold `AZURE_CLIENT_SECRET` and
+//! `IDENTITY_HEADER` in plain, never-wiped strings); tests pass a [`BTreeMap`]. Names and
+//! meanings are the Azure SDKs' (azure-protocols §8.2, §0.4). An empty value counts as unset,
+//! as in the SDKs.
 
 use std::collections::BTreeMap;
+
+use zeroize::Zeroize;
 
 /// Read access to environment variables
 pub trait EnvSource {
@@ -31,10 +35,20 @@ impl<T: EnvSource + ?Sized> EnvSource for &T {
 }
 
 /// The value of `name` with surrounding spaces removed; empty counts as unset
+///
+/// Values may be secrets (`AZURE_CLIENT_SECRET`, `IDENTITY_HEADER`, ...): an untrimmed
+/// original is zeroized rather than left behind in freed memory.
 pub(crate) fn var(env: &dyn EnvSource, name: &str) -> Option<String> {
-    env.get(name)
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
+    let mut value = env.get(name)?;
+    let trimmed = value.trim();
+    let out = if trimmed.len() == value.len() {
+        value
+    } else {
+        let copy = trimmed.to_owned();
+        value.zeroize();
+        copy
+    };
+    (!out.is_empty()).then_some(out)
 }
 
 /// `"1"` or case-insensitive `"true"` (the Go and Rust SDKs' reading of boolean variables)

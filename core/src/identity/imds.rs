@@ -106,7 +106,7 @@ impl Imds {
     ///
     /// # Errors
     /// A [`ConfigError`] when the endpoint or an identifier makes an invalid URL.
-    pub fn build_request(&self) -> Result<http::Request<Vec<u8>>, ConfigError> {
+    pub fn build_request(&self) -> Result<crate::identity::IdentityRequest, ConfigError> {
         common::request(
             http::Method::GET,
             &self.url(),
@@ -122,7 +122,7 @@ impl Imds {
     ///
     /// # Errors
     /// As [`Imds::build_request`].
-    pub fn build_probe_request(&self) -> Result<http::Request<Vec<u8>>, ConfigError> {
+    pub fn build_probe_request(&self) -> Result<crate::identity::IdentityRequest, ConfigError> {
         common::request(
             http::Method::GET,
             &self.url(),
@@ -196,7 +196,7 @@ pub(crate) mod tests {
         response
     }
 
-    fn built(imds: &Imds) -> http::Request<Vec<u8>> {
+    fn built(imds: &Imds) -> crate::identity::IdentityRequest {
         match imds.build_request() {
             Ok(r) => r,
             Err(e) => panic!("{e}"),

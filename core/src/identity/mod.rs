@@ -1,7 +1,7 @@
 //! Every Entra ID identity flow, as pure request builders and response parsers
 //!
 //! Nothing here does I/O: no sockets, no files, no environment, no clock, no OS randomness.
-//! Each flow is a configuration type with `build_request(..) -> http::Request<Vec<u8>>` and
+//! Each flow is a configuration type with `build_request(..) -> IdentityRequest` and
 //! `parse_response(&http::Response<Vec<u8>>) -> Result<TokenResponse, ResponseError>`; the
 //! environment comes in as an explicit map ([`env::EnvSource`]), time and randomness as
 //! arguments ([`FetchContext`]). Every parser accepts numbers as JSON numbers or numeric strings
@@ -39,7 +39,9 @@
 // times a minute, so moving it costs nothing; boxing it would change `error.rs`'s shared API.
 #![allow(clippy::result_large_err)]
 
+mod request;
 mod source;
+pub use request::IdentityRequest;
 pub use source::{Fetch, FetchContext, RequestMeta, Step, TokenSource};
 
 pub mod app_service;

@@ -112,7 +112,7 @@ impl ServiceFabric {
     ///
     /// # Errors
     /// A [`ConfigError`] when the secret holds control characters or the URL is invalid.
-    pub fn build_request(&self) -> Result<http::Request<Vec<u8>>, ConfigError> {
+    pub fn build_request(&self) -> Result<crate::identity::IdentityRequest, ConfigError> {
         common::request(
             http::Method::GET,
             &common::with_query(

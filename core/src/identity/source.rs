@@ -167,7 +167,7 @@ pub enum Step {
     /// Send this request and pass the response to [`Fetch::on_http_response`]
     Http {
         /// The request (its body or headers may hold secrets: never log them)
-        request: http::Request<Vec<u8>>,
+        request: crate::identity::IdentityRequest,
         /// How to send it
         meta: RequestMeta,
     },
@@ -221,7 +221,7 @@ impl fmt::Debug for Step {
 /// use redis_entraid_core::identity::custom::StaticToken;
 /// use redis_entraid_core::token::{AccessToken, TokenResponse};
 /// # use std::time::SystemTime;
-/// # fn send(_: &http::Request<Vec<u8>>) -> Result<http::Response<Vec<u8>>, TransportError> { unimplemented!() }
+/// # fn send(_: &redis_entraid_core::identity::IdentityRequest) -> Result<http::Response<Vec<u8>>, TransportError> { unimplemented!() }
 /// # fn read(_: &std::path::Path, _: u64) -> Result<redis_entraid_core::secret::SecretBytes, TransportError> { unimplemented!() }
 /// # fn run(_: &redis_entraid_core::identity::cli::CommandSpec) -> redis_entraid_core::identity::cli::CommandOutput { unimplemented!() }
 ///
@@ -419,7 +419,7 @@ impl SingleFetch {
     fn http(
         &mut self,
         phase: Phase,
-        request: Result<http::Request<Vec<u8>>, ConfigError>,
+        request: Result<crate::identity::IdentityRequest, ConfigError>,
         meta: RequestMeta,
     ) -> Result<Step, FetchError> {
         self.phase = phase;

@@ -70,7 +70,7 @@ impl WorkloadIdentity {
     pub fn build_request(
         &self,
         assertion: &SecretString,
-    ) -> Result<http::Request<Vec<u8>>, ConfigError> {
+    ) -> Result<crate::identity::IdentityRequest, ConfigError> {
         let assertion = assertion.expose_secret().trim();
         if assertion.is_empty() {
             return Err(ConfigError::new(

@@ -179,6 +179,8 @@ impl EntraConnection {
         credentials: &Credentials,
         expires_at: Option<Instant>,
     ) -> RedisResult<Self> {
+        // A copy forced by redis-rs: its connection settings hold the password as a plain
+        // `String` for the connection's life and never wipe it.
         let info = client.get_connection_info().clone();
         let settings = info
             .redis_settings()

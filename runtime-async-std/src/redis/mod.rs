@@ -92,6 +92,7 @@ impl StreamingCredentialsProvider for Provider {
     }
 }
 
+/// A copy forced by redis-rs's `BasicAuth` (owned `String`s), dropped without being wiped
 fn basic_auth(credentials: &Credentials) -> BasicAuth {
     BasicAuth::new(
         credentials.username().to_owned(),

@@ -164,6 +164,8 @@ pub(crate) fn with_credentials(
     client: &redis::Client,
     credentials: &Credentials,
 ) -> RedisResult<redis::Client> {
+    // A copy forced by redis-rs: its connection settings hold the password as a plain
+    // `String`, kept as long as the client (reconnections reuse it) and never wiped.
     let info = client.get_connection_info().clone();
     let settings = info
         .redis_settings()

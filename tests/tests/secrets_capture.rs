@@ -1,0 +1,66 @@
+//! The leak capture of `secrets.rs` detects leaks: a deliberately leaking client (ureq 2, which
+//! logs the request prelude with every header but `Authorization` and `Cookie` through `log`
+//! at DEBUG) and deliberately leaking log lines and `Debug` output are all caught
+//!
+//! Its own binary: the capture is process-wide.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
+
+#[path = "common/capture.rs"]
+mod capture;
+
+use base64::Engine;
+use redis_entraid_emulator::Emulator;
+
+#[test]
+fn the_capture_detects_each_form_of_a_leaked_secret() {
+    let captured = capture::install();
+    let emu = Emulator::start_blocking(Emulator::builder().without_redis()).unwrap();
+    let header = emu.identity_header().to_owned();
+    let secrets = vec![("identity header".to_owned(), header.clone())];
+    assert!(capture::leaks(&captured.text(), &secrets).is_empty());
+
+    // A dependency logging through `log`: ureq 2 writes the App Service secret header.
+    let _ = ureq::get(&emu.app_service_endpoint())
+        .set("X-IDENTITY-HEADER", &header)
+        .call();
+    let logs = captured.text();
+    assert_eq!(
+        capture::leaks(&logs, &secrets).len(),
+        1,
+        "the header ureq logged at DEBUG was caught:\n{logs}"
+    );
+
+    // Every encoded form, through `tracing` and `log`, and in `Debug` of a request body.
+    let secret = "s3cr~t/with+odd=chars&more-than-twenty-bytes";
+    let secrets = vec![("secret".to_owned(), secret.to_owned())];
+    let form = format!(
+        "client_secret={}",
+        form_urlencoded::byte_serialize(secret.as_bytes()).collect::<String>()
+    );
+    let request = http::Request::new(form.clone().into_bytes());
+    let leaking = [
+        form.clone(),
+        format!("{request:?}"),
+        format!(
+            "x{}",
+            base64::engine::general_purpose::STANDARD.encode(format!("a{secret}"))
+        ),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("ab{secret}")),
+        "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzb21lb25lIn0.c2lnbmF0dXJlLW9mLWEtand0".to_owned(),
+    ];
+    for (i, line) in leaking.iter().enumerate() {
+        let before = captured.text().len();
+        if i % 2 == 0 {
+            tracing::debug!(target: "leaky", "{line}");
+        } else {
+            tracing_log::log::debug!(target: "leaky", "{line}");
+        }
+        let text = captured.text();
+        let fresh = &text[before..];
+        assert!(
+            !capture::leaks(fresh, &secrets).is_empty(),
+            "leak {i} was caught: {fresh}"
+        );
+    }
+}
