@@ -589,6 +589,9 @@ fn drain(
                 // its answer comes back as a command; a late one is stale and ignored.
                 blocking::unblock(move || {
                     let result = fetcher.fetch(timeout);
+                    // Released before the driver can see the result, so the source is gone
+                    // once the last provider handle and the driver are.
+                    drop(fetcher);
                     // On a pool thread, so it may wait for room: the driver always drains.
                     let _ = reply.send_blocking(Command::Fetched {
                         id,

@@ -631,6 +631,10 @@ impl Driver {
             .name("redis-entraid-fetch".to_owned())
             .spawn(move || {
                 let result = source.fetch(timeout);
+                // Let go of the source before the driver can see the result: whoever then drops
+                // the last provider handle finds the source released once the driver is joined
+                // (dropping it after the send raced with that, seen as a flaky test).
+                drop(source);
                 // Waits for room in the queue: the driver always drains it.
                 let _ = reply.send(Command::Fetched {
                     id,
