@@ -17,6 +17,9 @@ use crate::Error;
 pub(crate) struct ServerTls {
     pub(crate) ca_pem: String,
     pub(crate) config: Arc<rustls::ServerConfig>,
+    /// Upper-case hex SHA-1 of the server certificate's DER, as Service Fabric's
+    /// `IDENTITY_SERVER_THUMBPRINT` carries it
+    pub(crate) server_thumbprint_sha1: String,
 }
 
 pub(crate) fn server_tls() -> Result<ServerTls, Error> {
@@ -56,9 +59,14 @@ pub(crate) fn server_tls() -> Result<ServerTls, Error> {
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .map_err(|e| Error::Tls(e.to_string()))?;
+    let server_thumbprint_sha1 = sha1_digest(server_cert.der())
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect();
     Ok(ServerTls {
         ca_pem: ca_cert.pem(),
         config: Arc::new(config),
+        server_thumbprint_sha1,
     })
 }
 

@@ -249,6 +249,7 @@ pub struct Emulator {
     redis_tls_addr: Option<SocketAddr>,
     identity_header: String,
     ca_pem: String,
+    server_thumbprint_sha1: String,
     ca_path: PathBuf,
     federated_token_path: PathBuf,
     federated_issuer: String,
@@ -466,6 +467,7 @@ impl Emulator {
             redis_tls_addr,
             identity_header,
             ca_pem: tls.ca_pem,
+            server_thumbprint_sha1: tls.server_thumbprint_sha1,
             ca_path,
             federated_token_path: work_dir.join("azure-identity-token"),
             federated_issuer,
@@ -656,6 +658,12 @@ impl Emulator {
     /// The fault queue: inject, list and clear faults.
     pub fn faults(&self) -> &Faults {
         &self.faults
+    }
+
+    /// Upper-case hex SHA-1 of the https server certificate, the form Service Fabric's
+    /// `IDENTITY_SERVER_THUMBPRINT` takes: a client pinning it reaches the https listener.
+    pub fn server_thumbprint_sha1(&self) -> &str {
+        &self.server_thumbprint_sha1
     }
 
     /// Mints an access token signed with the emulator key (no request, not counted).

@@ -310,6 +310,30 @@ fn azure_ml_source(emu: &redis_entraid_emulator::BlockingEmulator, secret: &str)
     )
 }
 
+/// Service Fabric's managed identity (`IDENTITY_ENDPOINT` + `IDENTITY_HEADER` +
+/// `IDENTITY_SERVER_THUMBPRINT`, the `secret` header) aimed at the emulator's https listener
+fn service_fabric_source(
+    emu: &redis_entraid_emulator::BlockingEmulator,
+    secret: &str,
+) -> TokenSource {
+    let endpoint = format!("{}/msi/token", emu.authority_host().trim_end_matches('/'));
+    let env: BTreeMap<String, String> = [
+        (vars::IDENTITY_ENDPOINT.to_owned(), endpoint),
+        (vars::IDENTITY_HEADER.to_owned(), secret.to_owned()),
+        (
+            vars::IDENTITY_SERVER_THUMBPRINT.to_owned(),
+            emu.server_thumbprint_sha1().to_owned(),
+        ),
+    ]
+    .into();
+    let identity = ManagedIdentity::detect(&env, ManagedIdentityId::SystemAssigned).unwrap();
+    assert!(
+        format!("{identity:?}").contains("ServiceFabric"),
+        "detected as Service Fabric: {identity:?}"
+    );
+    TokenSource::ManagedIdentity(identity)
+}
+
 /// One fetch of a source the emulator refuses, on every runtime's executor; what was printed
 fn refused(
     source: &TokenSource,
@@ -409,6 +433,11 @@ fn no_runtime_logs_prints_or_reports_a_secret_of_any_flow() {
         "Azure ML / MSI secret header".to_owned(),
         azure_ml_secret.clone(),
     ));
+    let service_fabric_secret = azure_ml_secret.replace("azure-ml", "service-fabric");
+    secrets.push((
+        "Service Fabric secret header".to_owned(),
+        service_fabric_secret.clone(),
+    ));
     secrets.push(("PKCS#12 password".to_owned(), P12_PASSWORD.to_owned()));
     let key_lines: Vec<String> = certificate
         .pem()
@@ -450,6 +479,17 @@ fn no_runtime_logs_prints_or_reports_a_secret_of_any_flow() {
     // endpoint, so the request is refused, but the header crosses every runtime's HTTP client.
     let azure_ml = azure_ml_source(&emu, &azure_ml_secret);
     printed.push_str(&refused(&azure_ml, &emu, &ca));
+    cases += 3;
+    // Service Fabric's `secret` header, to the emulator's https listener pinned by its
+    // certificate's thumbprint (the emulator refuses the request, after the header crossed
+    // the blocking and async-std clients; the tokio client refuses this endpoint).
+    let service_fabric = service_fabric_source(&emu, &service_fabric_secret);
+    let before = emu.counters().app_service_requests;
+    printed.push_str(&refused(&service_fabric, &emu, &ca));
+    assert!(
+        emu.counters().app_service_requests >= before + 2,
+        "the pinned Service Fabric requests reached the emulator (so the header was sent)"
+    );
     cases += 3;
     let _ = std::fs::remove_file(&pem);
     for (i, token) in tokens.iter().enumerate() {
