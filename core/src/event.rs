@@ -15,9 +15,11 @@ pub struct Generation(pub u64);
 
 /// The next thing the driver must do, from [`TokenManager::poll_action`]
 ///
+/// Exhaustive on purpose: this is the driver contract, so a new action must fail to compile in
+/// every driver rather than be dropped by a catch-all arm.
+///
 /// [`TokenManager::poll_action`]: crate::machine::TokenManager::poll_action
 #[derive(Clone, Debug, PartialEq)]
-#[non_exhaustive]
 pub enum Action {
     /// Start a token request now; report it with `handle_response(id, ..)`. Give up at
     /// `deadline` (the machine also times the request out itself at that instant).

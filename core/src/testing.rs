@@ -69,9 +69,10 @@ impl Reply {
     }
 }
 
-/// What the script sees of a fetch
+/// What the script sees of a fetch (not [`crate::identity::FetchContext`], which is what a real
+/// fetch needs from the world)
 #[derive(Clone, Copy, Debug)]
-pub struct FetchContext {
+pub struct ScriptedFetch {
     /// 0-based index of this fetch in the run
     pub index: usize,
     /// The machine's attempt number
@@ -80,7 +81,7 @@ pub struct FetchContext {
     pub elapsed: Duration,
 }
 
-type Script = Box<dyn FnMut(FetchContext) -> Reply>;
+type Script = Box<dyn FnMut(ScriptedFetch) -> Reply>;
 type ReauthScript = Box<dyn FnMut(Generation, Duration) -> Result<(), ReauthError>>;
 
 struct Pending {
@@ -114,7 +115,7 @@ impl Harness {
     pub fn new(
         start: Instant,
         config: Config,
-        script: impl FnMut(FetchContext) -> Reply + 'static,
+        script: impl FnMut(ScriptedFetch) -> Reply + 'static,
     ) -> Self {
         let mut harness = Self {
             machine: TokenManager::new(config, start),
@@ -183,7 +184,7 @@ impl Harness {
                     match action {
                         Action::FetchToken { id, attempt, .. } => {
                             self.fetches.push(at);
-                            let ctx = FetchContext {
+                            let ctx = ScriptedFetch {
                                 index: self.fetches.len() - 1,
                                 attempt,
                                 elapsed: at,
@@ -345,7 +346,7 @@ impl Harness {
     }
 
     /// Replaces the fetch script
-    pub fn set_script(&mut self, script: impl FnMut(FetchContext) -> Reply + 'static) {
+    pub fn set_script(&mut self, script: impl FnMut(ScriptedFetch) -> Reply + 'static) {
         self.script = Box::new(script);
     }
 
@@ -358,7 +359,7 @@ impl Harness {
 }
 
 /// A queue-backed script: answers fetches in order, then repeats the last answer
-pub fn sequence(replies: Vec<Reply>) -> impl FnMut(FetchContext) -> Reply {
+pub fn sequence(replies: Vec<Reply>) -> impl FnMut(ScriptedFetch) -> Reply {
     let mut queue: VecDeque<Reply> = replies.into();
     let mut last = Reply::Hang;
     move |_| {

@@ -11,7 +11,7 @@ use redis_entraid_core::config::{Config, RefreshPolicy, RetryPolicy};
 use redis_entraid_core::event::{Event, RequestId, Status};
 use redis_entraid_core::machine::TokenManager;
 use redis_entraid_core::testing::ops::{Answer, Op, OpDriver};
-use redis_entraid_core::testing::{unsigned_token, FetchContext, Harness, Reply, WALL_START};
+use redis_entraid_core::testing::{unsigned_token, Harness, Reply, ScriptedFetch, WALL_START};
 use redis_entraid_core::token::TokenResponse;
 
 /// The instant a simulation starts from: only differences matter, and the test (not the core)
@@ -114,7 +114,7 @@ proptest! {
         let total: u64 = ttls.iter().map(|t| *t as u64).sum();
         let script = {
             let ttls = ttls.clone();
-            move |ctx: FetchContext| Reply::Token { ttl: ttls[ctx.index % ttls.len()], latency }
+            move |ctx: ScriptedFetch| Reply::Token { ttl: ttls[ctx.index % ttls.len()], latency }
         };
         let mut h = Harness::new(epoch(), config, script);
         h.run_for(Duration::from_secs(total));

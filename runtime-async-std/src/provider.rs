@@ -679,7 +679,6 @@ fn drain(
                 // Overflow mode: a full queue drops its oldest event; this never waits.
                 let _ = events.try_broadcast(event);
             }
-            _ => {}
         }
     }
 }

@@ -540,7 +540,6 @@ impl Driver {
                     });
                 }
                 Action::Event(event) => self.on_event(event),
-                _ => {}
             }
         }
     }

@@ -589,8 +589,9 @@ impl Driver {
                 Fetched(Result<FetchOutcome, tokio::task::JoinError>),
                 Timeout,
             }
+            // Unbiased (tokio picks a random ready branch): a flood of commands must not starve
+            // the timer or a finished fetch.
             let input = tokio::select! {
-                biased;
                 command = self.commands.recv() => Input::Command(command),
                 fetched = fetch => Input::Fetched(fetched),
                 () = sleep => Input::Timeout,
@@ -670,7 +671,6 @@ impl Driver {
                     });
                 }
                 Action::Event(event) => self.on_event(event),
-                _ => {}
             }
         }
     }
