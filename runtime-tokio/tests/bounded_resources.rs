@@ -58,6 +58,14 @@ fn hanging_callback() -> (CustomSource, Arc<AtomicU32>, mpsc::Sender<()>) {
     (source, calls, release)
 }
 
+/// How much resident memory may grow over the measured 1000 fetches without a leak: glibc
+/// keeps up to 8 malloc arenas per core (16 here), and each fetch thread's arena may keep a
+/// freed ~1 MiB body buffer resident (its mmap threshold rises after the first such free), so
+/// slack is bounded by about 16 x 2 MiB. Measured: 0.1 to 1.3 MiB alone, 12.6 MiB and 17.2 MiB
+/// on a fresh clone with the machine busy (the second failed the first, unreasoned 16 MiB
+/// bound). A leak of one capped body per fetch would be 1 GiB.
+const ALLOCATOR_SLACK_KIB: u64 = 40 * 1024;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_custom_callback_runs_once_and_later_fetches_say_it_is_still_running() {
     let _serial = serial();
@@ -302,7 +310,7 @@ async fn threads_and_memory_stay_flat_over_1000_fetches_against_hostile_endpoint
     // runtime (12 MiB once, with another test running alongside, hence the lock). A leak of
     // one capped body per fetch would be 1 GiB; tokio's uncapped reads grew by 1.5 GiB.
     assert!(
-        rss_after <= rss_before + 16 * 1024,
+        rss_after <= rss_before + ALLOCATOR_SLACK_KIB,
         "VmRSS grew from {rss_before} KiB to {rss_after} KiB"
     );
     for p in &providers {
