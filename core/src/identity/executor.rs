@@ -1,4 +1,4 @@
-//! The one executor of identity flows: walks a [`Fetch`]'s steps through a runtime's I/O
+//! The one executor of identity flows: walks a [`Fetch`](crate::identity::Fetch)'s steps through a runtime's I/O
 //! backends and remembers which step of the default chain answered
 //!
 //! Runtimes supply only [`Backends`] (how to send a request, read a file, run a process, call
