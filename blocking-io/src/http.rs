@@ -18,11 +18,12 @@
 //! ureq 2 did not.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis_entraid_core::error::TransportError;
+pub use redis_entraid_core::identity::HttpConfig;
 use redis_entraid_core::identity::{IdentityRequest, RequestMeta};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
@@ -32,27 +33,6 @@ use sha1::{Digest, Sha1};
 
 /// Largest identity response read; real ones are a few kilobytes
 const MAX_BODY: u64 = 1024 * 1024;
-
-/// TLS and proxy settings for identity requests
-#[derive(Clone, Debug, Default)]
-pub struct HttpConfig {
-    extra_roots: Vec<PathBuf>,
-    ignore_ssl_cert_file: bool,
-}
-
-impl HttpConfig {
-    /// Trusts the CA certificates in this PEM file too (e.g. the emulator's CA)
-    pub fn add_root_ca(mut self, pem_file: impl Into<PathBuf>) -> Self {
-        self.extra_roots.push(pem_file.into());
-        self
-    }
-
-    /// Does not read `SSL_CERT_FILE` from the environment
-    pub fn ignore_ssl_cert_file(mut self) -> Self {
-        self.ignore_ssl_cert_file = true;
-        self
-    }
-}
 
 /// The HTTP client of the blocking runtime
 #[derive(Clone)]
@@ -118,10 +98,10 @@ impl Http {
     pub(crate) fn new(config: &HttpConfig) -> Result<Self, TransportError> {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        for path in &config.extra_roots {
+        for path in config.extra_roots() {
             load_pem(path, &mut roots)?;
         }
-        if !config.ignore_ssl_cert_file {
+        if config.reads_ssl_cert_file() {
             if let Some(path) = std::env::var_os("SSL_CERT_FILE").filter(|p| !p.is_empty()) {
                 load_pem(Path::new(&path), &mut roots)?;
             }

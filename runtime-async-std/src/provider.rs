@@ -1,223 +1,35 @@
 //! The provider: a driver future running the core's machine, and cheap cloneable handles
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
-use async_broadcast::{InactiveReceiver, Receiver as EventReceiver, Sender as EventSender};
-use async_channel::{Receiver, Sender, TrySendError};
-use futures_lite::future;
-use redis_entraid_blocking_io::{Fetcher, HttpConfig, IdentityFetcher};
+use async_broadcast::{InactiveReceiver, Receiver as EventReceiver};
+use async_channel::Sender;
 pub(crate) use redis_entraid_core::command::Command;
-use redis_entraid_core::command::{Signals, COMMAND_CAPACITY};
+use redis_entraid_core::command::Signals;
 use redis_entraid_core::config::Config;
 use redis_entraid_core::error::{FetchError, ReauthError};
-use redis_entraid_core::event::{Action, Event, Generation, RequestId, Severity, Status};
-use redis_entraid_core::identity::chain::DefaultChain;
-use redis_entraid_core::identity::TokenSource;
-use redis_entraid_core::machine::TokenManager;
+use redis_entraid_core::event::{Event, Generation, Status};
 use redis_entraid_core::startup::{Startup, StartupError};
-use redis_entraid_core::token::{Credentials, TokenResponse};
+use redis_entraid_core::token::Credentials;
 
+use crate::builder::ProviderBuilder;
+use crate::driver::{deliver, Driver, Input};
 use crate::shared::Shared;
 
-/// What reaches the driver: a handle's command, or a fetch's answer from the blocking pool
-pub(crate) enum Input {
-    Command(Command),
-    Fetched {
-        id: RequestId,
-        result: Result<TokenResponse, FetchError>,
-        wall: SystemTime,
-    },
-}
-
-/// Hands `command` to the driver without ever waiting (the policy when the queue is full is
-/// the core's: see [`Signals`])
-fn deliver(signals: &Signals, inputs: &Sender<Input>, command: Command) {
-    if let Some(command) = signals.admit(command) {
-        if let Err(TrySendError::Full(Input::Command(command))) =
-            inputs.try_send(Input::Command(command))
-        {
-            signals.overflowed(&command);
-        }
-    }
-}
-
-/// The driver: a future that runs the token machine until the provider shuts down
-///
-/// Spawn it on any executor (`async_std::task::spawn(driver)`, `smol::spawn(driver).detach()`),
-/// or let [`ProviderBuilder::build`] spawn it through the closure you give. It completes when
-/// the last [`Provider`] handle is dropped or [`Provider::shutdown`] is called.
-#[must_use = "the provider fetches nothing until its driver is spawned"]
-pub struct Driver(Pin<Box<dyn Future<Output = ()> + Send + 'static>>);
-
-impl Future for Driver {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        self.0.as_mut().poll(cx)
-    }
-}
-
-impl fmt::Debug for Driver {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Driver")
-    }
-}
-
-/// Builds a [`Provider`]
-#[derive(Clone, Debug, Default)]
-pub struct ProviderBuilder {
-    config: Config,
-    startup: Startup,
-    event_capacity: Option<usize>,
-    http: HttpConfig,
-}
-
-impl ProviderBuilder {
-    /// Refresh, retry and timeout settings
-    pub fn config(mut self, config: Config) -> Self {
-        self.config = config;
-        self
-    }
-
-    /// What [`build`](Self::build) waits for
-    pub fn startup(mut self, startup: Startup) -> Self {
-        self.startup = startup;
-        self
-    }
-
-    /// Queue length of each [`Provider::events`] receiver (default 256); a subscriber that
-    /// falls further behind loses its oldest events rather than slowing anyone down
-    pub fn event_capacity(mut self, capacity: usize) -> Self {
-        self.event_capacity = Some(capacity);
-        self
-    }
-
-    /// TLS settings for identity requests (extra root CAs; `SSL_CERT_FILE` is honoured anyway)
-    pub fn http(mut self, http: HttpConfig) -> Self {
-        self.http = http;
-        self
-    }
-
-    /// The provider and its driver for any Entra ID identity flow, without spawning or waiting
-    ///
-    /// # Errors
-    /// [`StartupError::Http`] when a CA file (or `SSL_CERT_FILE`) cannot be read.
-    pub fn start(self, source: TokenSource) -> Result<(Provider, Driver), StartupError> {
-        let fetcher = IdentityFetcher::new(source, &self.http).map_err(StartupError::Http)?;
-        Ok(self.start_with_fetcher(fetcher))
-    }
-
-    /// The provider and its driver around any [`Fetcher`], without spawning or waiting
-    pub fn start_with_fetcher(self, fetcher: impl Fetcher) -> (Provider, Driver) {
-        let shared = Arc::new(Shared::new());
-        let (tx, rx) = async_channel::bounded(COMMAND_CAPACITY);
-        let signals = Arc::new(Signals::default());
-        let (mut events, inactive) =
-            async_broadcast::broadcast(self.event_capacity.unwrap_or(256).max(1));
-        events.set_overflow(true);
-        let inactive = inactive.deactivate();
-        let run = run(
-            TokenManager::new(seeded(self.config.clone()), Instant::now()),
-            Arc::new(fetcher),
-            Arc::clone(&shared),
-            rx,
-            tx.clone(),
-            Arc::clone(&signals),
-            events.clone(),
-        );
-        let provider = Provider {
-            inner: Arc::new(Inner {
-                shared,
-                commands: tx,
-                signals,
-                events: inactive,
-                config: self.config,
-                reported: Arc::new(AtomicU64::new(0)),
-                #[cfg(feature = "redis")]
-                fan_out: Arc::default(),
-            }),
-        };
-        (provider, Driver(Box::pin(run)))
-    }
-
-    /// Starts a provider for `source`: spawns the driver with `spawn`, then applies the
-    /// startup policy
-    ///
-    /// ```no_run
-    /// # async fn demo() -> Result<(), redis_entraid_async_std::StartupError> {
-    /// use redis_entraid_async_std::Provider;
-    /// use redis_entraid_core::identity::imds::Imds;
-    /// use redis_entraid_core::identity::managed::{ManagedIdentity, ManagedIdentityId};
-    /// use redis_entraid_core::identity::TokenSource;
-    ///
-    /// let source = TokenSource::ManagedIdentity(ManagedIdentity::Imds(Imds::new(ManagedIdentityId::SystemAssigned)));
-    /// let provider = Provider::builder()
-    ///     .build(source, |driver| { async_std::task::spawn(driver); })
-    ///     .await?;
-    /// println!("AUTH as {:?}", provider.credentials().map(|c| c.username().to_owned()));
-    /// # Ok(()) }
-    /// ```
-    ///
-    /// # Errors
-    /// [`StartupError`] when HTTP cannot be set up or the startup policy is not met (the
-    /// driver is then shut down).
-    pub async fn build(
-        self,
-        source: TokenSource,
-        spawn: impl FnOnce(Driver),
-    ) -> Result<Provider, StartupError> {
-        let startup = self.startup;
-        let (provider, driver) = self.start(source)?;
-        spawn(driver);
-        provider.apply_startup(startup).await.map(|()| provider)
-    }
-
-    /// Starts a provider on the default chain from the process environment
-    ///
-    /// # Errors
-    /// [`StartupError::Config`] for an invalid configuration (an unknown
-    /// `AZURE_TOKEN_CREDENTIALS`), otherwise as [`build`](Self::build).
-    pub async fn build_from_env(
-        self,
-        spawn: impl FnOnce(Driver),
-    ) -> Result<Provider, StartupError> {
-        let chain = DefaultChain::try_from_env(&ProcessEnv).map_err(StartupError::Config)?;
-        self.build(TokenSource::DefaultChain(chain), spawn).await
-    }
-
-    /// Starts a provider around any [`Fetcher`]: spawns the driver, applies the startup policy
-    ///
-    /// # Errors
-    /// [`StartupError`] when the startup policy is not met (the driver is then shut down).
-    pub async fn build_with_fetcher(
-        self,
-        fetcher: impl Fetcher,
-        spawn: impl FnOnce(Driver),
-    ) -> Result<Provider, StartupError> {
-        let startup = self.startup;
-        let (provider, driver) = self.start_with_fetcher(fetcher);
-        spawn(driver);
-        provider.apply_startup(startup).await.map(|()| provider)
-    }
-}
-
-struct Inner {
-    shared: Arc<Shared>,
-    commands: Sender<Input>,
-    signals: Arc<Signals>,
-    events: InactiveReceiver<Event>,
-    config: Config,
+pub(crate) struct Inner {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) commands: Sender<Input>,
+    pub(crate) signals: Arc<Signals>,
+    pub(crate) events: InactiveReceiver<Event>,
+    pub(crate) config: Config,
     /// The newest generation a connection failure was reported for (one report each)
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    reported: Arc<AtomicU64>,
+    pub(crate) reported: Arc<AtomicU64>,
     #[cfg(feature = "redis")]
-    fan_out: Arc<redis_entraid_core::fan_out::FanOutLog>,
+    pub(crate) fan_out: Arc<redis_entraid_core::fan_out::FanOutLog>,
 }
 
 impl Drop for Inner {
@@ -232,7 +44,7 @@ impl Drop for Inner {
 /// Dropping the last clone ends the driver.
 #[derive(Clone)]
 pub struct Provider {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl fmt::Debug for Provider {
@@ -249,7 +61,16 @@ impl Provider {
         ProviderBuilder::default()
     }
 
-    async fn apply_startup(&self, startup: Startup) -> Result<(), StartupError> {
+    /// The default chain from the environment, default settings, waiting up to 30 s for the
+    /// first token; the driver is handed to `spawn`
+    ///
+    /// # Errors
+    /// As [`ProviderBuilder::build_from_env`].
+    pub async fn from_env(spawn: impl FnOnce(Driver)) -> Result<Provider, StartupError> {
+        Self::builder().build_from_env(spawn).await
+    }
+
+    pub(crate) async fn apply_startup(&self, startup: Startup) -> Result<(), StartupError> {
         let shared = &self.inner.shared;
         let outcome = match shared
             .wait_until(startup.wait_limit(), |o| startup.verdict(o))
@@ -467,136 +288,5 @@ impl Subscription {
         let (generation, credentials) = newer?;
         self.seen = Some(generation);
         Some((generation, credentials))
-    }
-}
-
-async fn run(
-    mut machine: TokenManager,
-    fetcher: Arc<dyn Fetcher>,
-    shared: Arc<Shared>,
-    inputs: Receiver<Input>,
-    loopback: Sender<Input>,
-    signals: Arc<Signals>,
-    events: EventSender<Event>,
-) {
-    loop {
-        let until = drain(&mut machine, &fetcher, &shared, &loopback, &events);
-        if shared.lock().is_stopped() {
-            return;
-        }
-        let received = match until {
-            Some(until) => {
-                future::or(async { Some(inputs.recv().await) }, async {
-                    async_io::Timer::at(until).await;
-                    None
-                })
-                .await
-            }
-            None => Some(inputs.recv().await),
-        };
-        let now = Instant::now();
-        // The flags first: a request whose wake-up did not fit in the queue is seen here.
-        signals.apply(&mut machine, now);
-        match received {
-            Some(Ok(Input::Command(command))) => machine.handle_command(command, now),
-            Some(Ok(Input::Fetched { id, result, wall })) => {
-                machine.handle_response(id, result, wall, now);
-            }
-            Some(Err(_)) => machine.shutdown(now),
-            None => machine.handle_timeout(now),
-        }
-    }
-}
-
-fn drain(
-    machine: &mut TokenManager,
-    fetcher: &Arc<dyn Fetcher>,
-    shared: &Shared,
-    loopback: &Sender<Input>,
-    events: &EventSender<Event>,
-) -> Option<Instant> {
-    loop {
-        let action = machine.poll_action();
-        let now = Instant::now();
-        let status = machine.status();
-        shared.update(|o| o.apply(&action, status, now));
-        match action {
-            Action::Wait { until } => return until,
-            Action::FetchToken {
-                id,
-                attempt,
-                deadline,
-            } => {
-                let timeout = deadline.saturating_duration_since(now);
-                tracing::debug!(
-                    request = id.0,
-                    attempt,
-                    timeout_ms = timeout.as_millis() as u64,
-                    "fetching a token"
-                );
-                let fetcher = Arc::clone(fetcher);
-                let reply = loopback.clone();
-                // On the blocking pool: the fetch runs even though nobody polls the task, and
-                // its answer comes back as an input; a late one is stale and ignored.
-                blocking::unblock(move || {
-                    let result = fetcher.fetch(timeout);
-                    // Released before the driver can see the result, so the source is gone
-                    // once the last provider handle and the driver are.
-                    drop(fetcher);
-                    // On a pool thread, so it may wait for room: the driver always drains.
-                    let _ = reply.send_blocking(Input::Fetched {
-                        id,
-                        result,
-                        wall: SystemTime::now(),
-                    });
-                })
-                .detach();
-            }
-            // Connections read the new credentials from the shared state.
-            Action::Reauthenticate { .. } => {}
-            Action::Event(event) => {
-                log_event(&event, now);
-                // Overflow mode: a full queue drops its oldest event; this never waits.
-                if let Ok(Some(_)) = events.try_broadcast(event) {
-                    shared.dropped_events.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-    }
-}
-
-/// Logs `event` at its severity (the line is the core's, the same in every runtime)
-fn log_event(event: &Event, now: Instant) {
-    let line = event.describe(now);
-    match event.severity() {
-        Severity::Debug => tracing::debug!("{line}"),
-        Severity::Info => tracing::info!("{line}"),
-        Severity::Warn => tracing::warn!("{line}"),
-        Severity::Error => tracing::error!("{line}"),
-    }
-}
-
-/// fleet do not retry and refresh in lockstep (an explicit `rng_seed` is kept)
-fn seeded(config: Config) -> Config {
-    let mut seed = [0u8; 8];
-    if getrandom::getrandom(&mut seed).is_err() {
-        // No OS entropy (very rare): the process id and the clock still differ across a fleet.
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        seed = (u64::from(std::process::id()) << 32 | u64::from(nanos)).to_le_bytes();
-    }
-    config.with_seed_if_unset(u64::from_le_bytes(seed))
-}
-
-/// The process environment, read one variable at a time as the flows ask for it
-///
-/// Not a copy of `std::env::vars()`: that would hold every variable, `AZURE_CLIENT_SECRET` and
-/// `IDENTITY_HEADER` included, in plain strings that are never wiped.
-struct ProcessEnv;
-
-impl redis_entraid_core::identity::env::EnvSource for ProcessEnv {
-    fn get(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
     }
 }

@@ -16,11 +16,20 @@
 //!
 //! [`TokenManager`]: redis_entraid_core::machine::TokenManager
 
+mod builder;
+mod driver;
 mod provider;
 #[cfg(feature = "redis")]
 pub mod redis_sync;
 mod watch;
 
-pub use provider::{Provider, ProviderBuilder, Subscription};
+pub use builder::ProviderBuilder;
+pub use provider::{Provider, Subscription};
 pub use redis_entraid_blocking_io::{Fetcher, HttpConfig, IdentityFetcher};
 pub use redis_entraid_core::startup::{Startup, StartupError};
+pub use redis_entraid_core::{config, error, event, identity, token};
+
+/// The README's examples, compiled as doctests so they cannot drift from the API
+#[cfg(all(doctest, feature = "redis"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -116,6 +116,29 @@ mod reqwest_client {
         pub fn builder() -> ReqwestClientBuilder {
             ReqwestClientBuilder::default()
         }
+
+        /// The client [`ProviderBuilder::build`](crate::ProviderBuilder::build) uses: the
+        /// public roots, `config`'s extra root CA files and (unless `config` says otherwise)
+        /// `SSL_CERT_FILE`
+        ///
+        /// # Errors
+        /// [`TransportError`] when a CA file cannot be read or parsed.
+        pub fn from_config(
+            config: &redis_entraid_core::identity::HttpConfig,
+        ) -> Result<Self, TransportError> {
+            let mut builder = Self::builder();
+            for path in config.extra_roots() {
+                let pem = std::fs::read(path).map_err(|e| {
+                    TransportError::permanent(format!("cannot read {}", path.display()))
+                        .with_source(e)
+                })?;
+                builder = builder.add_root_certificates_pem(&pem)?;
+            }
+            if !config.reads_ssl_cert_file() {
+                builder = builder.ignore_ssl_cert_file();
+            }
+            builder.build()
+        }
     }
 
     impl ReqwestClientBuilder {

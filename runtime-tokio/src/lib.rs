@@ -25,6 +25,8 @@
 //! # Ok(()) }
 //! ```
 
+mod builder;
+mod driver;
 #[cfg(feature = "fred")]
 pub mod fred_provider;
 pub mod http;
@@ -33,8 +35,15 @@ mod provider;
 pub mod redis_async;
 mod source;
 
+pub use builder::ProviderBuilder;
 pub use http::AsyncHttpClient;
-pub use provider::{BoxFuture, Provider, ProviderBuilder, Subscription};
-pub use redis_entraid_core::identity;
+pub use provider::{Provider, Subscription};
+pub use redis_entraid_core::identity::HttpConfig;
 pub use redis_entraid_core::startup::{Startup, StartupError};
-pub use source::{default_chain_from_env, DefaultClient, Fetcher, Identity};
+pub use redis_entraid_core::{config, error, event, identity, token};
+pub use source::{default_chain_from_env, BoxFuture, DefaultClient, Fetcher, Identity};
+
+/// The README's examples, compiled as doctests so they cannot drift from the API
+#[cfg(all(doctest, feature = "redis"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -1,24 +1,22 @@
 //! The provider: one driver task running the core's machine, and cheap cloneable handles
 
 use std::fmt;
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 pub(crate) use redis_entraid_core::command::Command;
-use redis_entraid_core::command::{Signals, COMMAND_CAPACITY};
+use redis_entraid_core::command::Signals;
 use redis_entraid_core::config::Config;
 use redis_entraid_core::error::{FetchError, ReauthError};
-use redis_entraid_core::event::{Action, Event, Generation, RequestId, Severity, Status};
-use redis_entraid_core::machine::TokenManager;
+use redis_entraid_core::event::{Event, Generation, Status};
 use redis_entraid_core::observed::Observed;
-use redis_entraid_core::startup::{Startup, StartupError};
-use redis_entraid_core::token::{Credentials, TokenResponse};
+use redis_entraid_core::token::Credentials;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::source::Fetcher;
+use crate::builder::ProviderBuilder;
+use crate::driver::deliver;
 
 /// The driver's clock: tokio's, so paused-time tests run hours of token lifetimes at once
 pub(crate) fn now() -> Instant {
@@ -28,185 +26,18 @@ pub(crate) fn now() -> Instant {
 /// What every handle reads, published by the driver on a `watch` channel
 pub(crate) type Snapshot = Observed;
 
-/// Hands `command` to the driver without ever waiting (the policy when the queue is full is
-/// the core's: see [`Signals`])
-pub(crate) fn deliver(signals: &Signals, commands: &mpsc::Sender<Command>, command: Command) {
-    if let Some(command) = signals.admit(command) {
-        if let Err(mpsc::error::TrySendError::Full(command)) = commands.try_send(command) {
-            signals.overflowed(&command);
-        }
-    }
-}
-
-/// Builds a [`Provider`]
-#[derive(Clone, Debug, Default)]
-pub struct ProviderBuilder {
-    config: Config,
-    startup: Startup,
-    event_capacity: Option<usize>,
-}
-
-impl ProviderBuilder {
-    /// Refresh, retry and timeout settings
-    pub fn config(mut self, config: Config) -> Self {
-        self.config = config;
-        self
-    }
-
-    /// What [`build`](Self::build) waits for
-    pub fn startup(mut self, startup: Startup) -> Self {
-        self.startup = startup;
-        self
-    }
-
-    /// Queue length of each [`Provider::events`] receiver (default 256); a subscriber that
-    /// falls further behind loses the oldest events (it sees `RecvError::Lagged`) rather than
-    /// slowing anyone down
-    pub fn event_capacity(mut self, capacity: usize) -> Self {
-        self.event_capacity = Some(capacity);
-        self
-    }
-
-    /// Starts a provider that gets its tokens through `source`, any Entra ID identity flow,
-    /// over the default reqwest client: spawns the driver task, then applies the startup policy
-    ///
-    /// ```no_run
-    /// use redis_entraid_tokio::Provider;
-    /// use redis_entraid_tokio::identity::imds::Imds;
-    /// use redis_entraid_tokio::identity::managed::{ManagedIdentity, ManagedIdentityId};
-    /// use redis_entraid_tokio::identity::TokenSource;
-    ///
-    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let identity = ManagedIdentity::Imds(Imds::new(ManagedIdentityId::SystemAssigned));
-    /// let provider = Provider::builder().build(TokenSource::ManagedIdentity(identity)).await?;
-    /// let credentials = provider.credentials().expect("the default startup waits for a token");
-    /// println!("AUTH as {}", credentials.username());
-    /// # Ok(()) }
-    /// ```
-    ///
-    /// # Errors
-    /// [`StartupError::Http`] when the HTTP client cannot be set up, [`StartupError::Spawn`]
-    /// outside a tokio runtime, [`StartupError::TimedOut`] or [`StartupError::FetchFailed`]
-    /// when the startup policy is not met (the driver is then shut down).
-    #[cfg(feature = "reqwest")]
-    pub async fn build(
-        self,
-        source: redis_entraid_core::identity::TokenSource,
-    ) -> Result<Provider, StartupError> {
-        let identity = crate::source::Identity::new(source).map_err(StartupError::Http)?;
-        self.build_with_fetcher(identity).await
-    }
-
-    /// Starts a provider on the default chain, configured from the process environment
-    /// (the variables Azure SDKs use: `AZURE_CLIENT_ID`, `AZURE_TENANT_ID`,
-    /// `AZURE_CLIENT_SECRET`, `AZURE_FEDERATED_TOKEN_FILE`, `IDENTITY_ENDPOINT`, ...)
-    ///
-    /// # Errors
-    /// [`StartupError::Config`] for an invalid configuration (an unknown
-    /// `AZURE_TOKEN_CREDENTIALS`), otherwise as [`build`](Self::build); when no identity works,
-    /// the error lists what each step of the chain tried and why it failed.
-    #[cfg(feature = "reqwest")]
-    pub async fn build_from_env(self) -> Result<Provider, StartupError> {
-        let source = crate::source::default_chain_from_env().map_err(StartupError::Config)?;
-        self.build(source).await
-    }
-
-    /// Spawns the driver task around any [`Fetcher`] and applies the startup policy
-    ///
-    /// # Errors
-    /// [`StartupError::Spawn`] outside a tokio runtime; [`StartupError::TimedOut`] or
-    /// [`StartupError::FetchFailed`] when the startup policy is not met (the driver is then
-    /// shut down).
-    ///
-    /// # Example
-    /// ```
-    /// use std::time::Duration;
-    /// use redis_entraid_core::token::{AccessToken, TokenResponse};
-    /// use redis_entraid_tokio::{Provider, Startup};
-    ///
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// // Any async closure `Fn(Duration) -> impl Future<Output = Result<TokenResponse, FetchError>>`
-    /// // is a fetcher; real applications use `build(source)` or `Provider::from_env`.
-    /// let provider = Provider::builder()
-    ///     .startup(Startup::Wait(Duration::from_secs(5)))
-    ///     .build_with_fetcher(|_timeout: Duration| async {
-    ///         // header.{"oid":"me"}.signature
-    ///         Ok(TokenResponse::new(AccessToken::new("e30.eyJvaWQiOiJtZSJ9.c2ln")).with_expires_in(3600))
-    ///     })
-    ///     .await?;
-    /// assert_eq!(provider.credentials().map(|c| c.username().to_owned()).as_deref(), Some("me"));
-    /// # Ok(()) }
-    /// ```
-    pub async fn build_with_fetcher(self, source: impl Fetcher) -> Result<Provider, StartupError> {
-        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
-            StartupError::Spawn(std::io::Error::other(
-                "redis-entraid-tokio needs a tokio runtime: call build() from within one",
-            ))
-        })?;
-        let (state_tx, state_rx) = watch::channel(Observed::default());
-        let capacity = self.event_capacity.unwrap_or(256).max(1);
-        let (events, _) = broadcast::channel(capacity);
-        let (commands, commands_rx) = mpsc::channel(COMMAND_CAPACITY);
-        let signals = Arc::new(Signals::default());
-        let dropped_events = Arc::new(AtomicU64::new(0));
-        let driver = Driver {
-            machine: TokenManager::new(seeded(self.config.clone()), now()),
-            source: Arc::new(source),
-            state: state_tx,
-            events: events.clone(),
-            event_capacity: capacity,
-            dropped_events: Arc::clone(&dropped_events),
-            commands: commands_rx,
-            signals: Arc::clone(&signals),
-            fetch: None,
-        };
-        let task = handle.spawn(driver.run());
-        let provider = Provider {
-            inner: Arc::new(Inner {
-                state: state_rx,
-                commands,
-                signals,
-                events,
-                dropped_events,
-                config: self.config,
-                task,
-                reported: Arc::new(AtomicU64::new(0)),
-                #[cfg(feature = "redis")]
-                fan_out: Arc::default(),
-            }),
-        };
-        let startup = self.startup;
-        let mut state = provider.inner.state.clone();
-        let verdict = state.wait_for(|o| startup.verdict(o).is_some());
-        let verdict = match startup.wait_limit() {
-            Some(limit) => tokio::time::timeout(limit, verdict).await.ok(),
-            None => Some(verdict.await),
-        };
-        let outcome = match verdict {
-            Some(Ok(observed)) => startup.verdict(&observed).unwrap_or(Ok(())),
-            // The driver is gone (it only drops its sender when it ends).
-            Some(Err(_)) => startup
-                .verdict(&provider.inner.state.borrow())
-                .unwrap_or(Ok(())),
-            None => Err(startup.timed_out(&provider.inner.state.borrow())),
-        };
-        // Dropping the provider on an error shuts the driver down.
-        outcome.map(|()| provider)
-    }
-}
-
-struct Inner {
-    state: watch::Receiver<Snapshot>,
-    commands: mpsc::Sender<Command>,
-    signals: Arc<Signals>,
-    events: broadcast::Sender<Event>,
-    dropped_events: Arc<AtomicU64>,
-    config: Config,
+pub(crate) struct Inner {
+    pub(crate) state: watch::Receiver<Snapshot>,
+    pub(crate) commands: mpsc::Sender<Command>,
+    pub(crate) signals: Arc<Signals>,
+    pub(crate) events: broadcast::Sender<Event>,
+    pub(crate) dropped_events: Arc<AtomicU64>,
+    pub(crate) config: Config,
     #[allow(dead_code)]
-    task: JoinHandle<()>,
-    reported: Arc<AtomicU64>,
+    pub(crate) task: JoinHandle<()>,
+    pub(crate) reported: Arc<AtomicU64>,
     #[cfg(feature = "redis")]
-    fan_out: Arc<redis_entraid_core::fan_out::FanOutLog>,
+    pub(crate) fan_out: Arc<redis_entraid_core::fan_out::FanOutLog>,
 }
 
 impl Drop for Inner {
@@ -224,7 +55,7 @@ impl Drop for Inner {
 /// and any in-flight fetch are dropped with it.
 #[derive(Clone)]
 pub struct Provider {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl fmt::Debug for Provider {
@@ -248,7 +79,7 @@ impl Provider {
     /// # Errors
     /// As [`ProviderBuilder::build_from_env`].
     #[cfg(feature = "reqwest")]
-    pub async fn from_env() -> Result<Provider, StartupError> {
+    pub async fn from_env() -> Result<Provider, crate::StartupError> {
         Provider::builder().build_from_env().await
     }
 
@@ -463,155 +294,4 @@ impl Subscription {
             .ok()
             .flatten()
     }
-}
-
-type FetchOutcome = (RequestId, Result<TokenResponse, FetchError>, SystemTime);
-
-struct Driver {
-    machine: TokenManager,
-    source: Arc<dyn Fetcher>,
-    state: watch::Sender<Observed>,
-    events: broadcast::Sender<Event>,
-    event_capacity: usize,
-    dropped_events: Arc<AtomicU64>,
-    commands: mpsc::Receiver<Command>,
-    signals: Arc<Signals>,
-    fetch: Option<JoinHandle<FetchOutcome>>,
-}
-
-impl Driver {
-    async fn run(mut self) {
-        loop {
-            let until = self.drain();
-            if self.state.borrow().is_stopped() {
-                break;
-            }
-            let sleep = async {
-                match until {
-                    Some(until) => {
-                        tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await
-                    }
-                    None => std::future::pending().await,
-                }
-            };
-            let fetch = async {
-                match self.fetch.as_mut() {
-                    Some(task) => task.await,
-                    None => std::future::pending().await,
-                }
-            };
-            enum Input {
-                Command(Option<Command>),
-                Fetched(Result<FetchOutcome, tokio::task::JoinError>),
-                Timeout,
-            }
-            // Unbiased (tokio picks a random ready branch): a flood of commands must not starve
-            // the timer or a finished fetch.
-            let input = tokio::select! {
-                command = self.commands.recv() => Input::Command(command),
-                fetched = fetch => Input::Fetched(fetched),
-                () = sleep => Input::Timeout,
-            };
-            let now = now();
-            // The flags first: a request whose wake-up did not fit in the queue is seen here.
-            self.signals.apply(&mut self.machine, now);
-            match input {
-                Input::Command(Some(command)) => self.machine.handle_command(command, now),
-                Input::Command(None) => self.machine.shutdown(now),
-                Input::Fetched(outcome) => {
-                    self.fetch = None;
-                    match outcome {
-                        Ok((id, result, wall)) => {
-                            let _ = self.machine.handle_response(id, result, wall, now);
-                        }
-                        Err(e) => tracing::error!("the token fetch task failed: {e}"),
-                    }
-                }
-                Input::Timeout => self.machine.handle_timeout(now),
-            }
-        }
-        if let Some(fetch) = self.fetch.take() {
-            fetch.abort();
-        }
-        tracing::debug!("redis-entraid driver stopped");
-    }
-
-    fn drain(&mut self) -> Option<Instant> {
-        loop {
-            let action = self.machine.poll_action();
-            let now = now();
-            let status = self.machine.status();
-            self.state
-                .send_if_modified(|o| o.apply(&action, status, now));
-            match action {
-                Action::Wait { until } => return until,
-                Action::FetchToken {
-                    id,
-                    attempt,
-                    deadline,
-                } => self.spawn_fetch(id, attempt, deadline),
-                // Connections read the new credentials from the watch channel.
-                Action::Reauthenticate { .. } => {}
-                Action::Event(event) => {
-                    log_event(&event, now);
-                    // A full queue makes its laggiest receiver lose its oldest event.
-                    if self.events.len() >= self.event_capacity {
-                        self.dropped_events.fetch_add(1, Ordering::Relaxed);
-                    }
-                    // No receiver is not an error.
-                    let _ = self.events.send(event);
-                }
-            }
-        }
-    }
-
-    fn spawn_fetch(&mut self, id: RequestId, attempt: u32, deadline: Instant) {
-        if let Some(previous) = self.fetch.take() {
-            // The machine gave up on it (its id is stale now); do not let it linger.
-            previous.abort();
-        }
-        let source = Arc::clone(&self.source);
-        let timeout = deadline.saturating_duration_since(now());
-        tracing::debug!(
-            request = id.0,
-            attempt,
-            timeout_ms = timeout.as_millis() as u64,
-            "fetching a token"
-        );
-        self.fetch = Some(tokio::spawn(async move {
-            let result = match tokio::time::timeout(timeout, source.fetch(timeout)).await {
-                Ok(result) => result,
-                Err(_) => Err(FetchError::TimedOut { after: timeout }),
-            };
-            (id, result, SystemTime::now())
-        }));
-    }
-}
-
-/// Boxed future returned by [`Fetcher::fetch`]
-pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// Logs `event` at its severity (the line is the core's, the same in every runtime)
-fn log_event(event: &Event, now: Instant) {
-    let line = event.describe(now);
-    match event.severity() {
-        Severity::Debug => tracing::debug!("{line}"),
-        Severity::Info => tracing::info!("{line}"),
-        Severity::Warn => tracing::warn!("{line}"),
-        Severity::Error => tracing::error!("{line}"),
-    }
-}
-
-/// `config` with a jitter seed drawn from the OS when the user set none, so the processes of a
-/// fleet do not retry and refresh in lockstep (an explicit `rng_seed` is kept)
-fn seeded(config: Config) -> Config {
-    let mut seed = [0u8; 8];
-    if getrandom::getrandom(&mut seed).is_err() {
-        // No OS entropy (very rare): the process id and the clock still differ across a fleet.
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        seed = (u64::from(std::process::id()) << 32 | u64::from(nanos)).to_le_bytes();
-    }
-    config.with_seed_if_unset(u64::from_le_bytes(seed))
 }

@@ -18,7 +18,9 @@ use redis_entraid_core::secret::SecretBytes;
 use redis_entraid_core::token::TokenResponse;
 
 use crate::http::AsyncHttpClient;
-use crate::provider::BoxFuture;
+
+/// Boxed future returned by [`Fetcher::fetch`]
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Fetches one token within `timeout`
 ///

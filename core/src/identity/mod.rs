@@ -41,6 +41,7 @@
 
 mod request;
 mod source;
+pub use http_config::HttpConfig;
 pub use request::IdentityRequest;
 pub use source::{Fetch, FetchContext, RequestMeta, Step, TokenSource};
 
@@ -59,6 +60,7 @@ pub mod custom;
 pub mod entra;
 pub mod env;
 pub mod executor;
+mod http_config;
 pub mod imds;
 pub mod managed;
 pub mod service_fabric;

@@ -1,0 +1,172 @@
+//! The driver: a future that runs the core's machine, fetches on the `blocking` pool and
+//! publishes what handles read
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use async_broadcast::Sender as EventSender;
+use async_channel::{Receiver, Sender, TrySendError};
+use futures_lite::future;
+use redis_entraid_blocking_io::Fetcher;
+use redis_entraid_core::command::{Command, Signals};
+use redis_entraid_core::error::FetchError;
+use redis_entraid_core::event::{Action, Event, RequestId, Severity};
+use redis_entraid_core::machine::TokenManager;
+use redis_entraid_core::token::TokenResponse;
+
+use crate::shared::Shared;
+
+/// What reaches the driver: a handle's command, or a fetch's answer from the blocking pool
+pub(crate) enum Input {
+    Command(Command),
+    Fetched {
+        id: RequestId,
+        result: Result<TokenResponse, FetchError>,
+        wall: SystemTime,
+    },
+}
+
+/// Hands `command` to the driver without ever waiting (the policy when the queue is full is
+/// the core's: see [`Signals`])
+pub(crate) fn deliver(signals: &Signals, inputs: &Sender<Input>, command: Command) {
+    if let Some(command) = signals.admit(command) {
+        if let Err(TrySendError::Full(Input::Command(command))) =
+            inputs.try_send(Input::Command(command))
+        {
+            signals.overflowed(&command);
+        }
+    }
+}
+
+/// The driver: a future that runs the token machine until the provider shuts down
+///
+/// Spawn it on any executor (`async_std::task::spawn(driver)`, `smol::spawn(driver).detach()`),
+/// or let [`ProviderBuilder::build`](crate::ProviderBuilder::build) spawn it through the closure you give. It completes when
+/// the last [`Provider`](crate::Provider) handle is dropped or [`Provider::shutdown`](crate::Provider::shutdown) is called.
+#[must_use = "the provider fetches nothing until its driver is spawned"]
+pub struct Driver(pub(crate) Pin<Box<dyn Future<Output = ()> + Send + 'static>>);
+
+impl Future for Driver {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+impl fmt::Debug for Driver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Driver")
+    }
+}
+
+pub(crate) async fn run(
+    mut machine: TokenManager,
+    fetcher: Arc<dyn Fetcher>,
+    shared: Arc<Shared>,
+    inputs: Receiver<Input>,
+    loopback: Sender<Input>,
+    signals: Arc<Signals>,
+    events: EventSender<Event>,
+) {
+    loop {
+        let until = drain(&mut machine, &fetcher, &shared, &loopback, &events);
+        if shared.lock().is_stopped() {
+            return;
+        }
+        let received = match until {
+            Some(until) => {
+                future::or(async { Some(inputs.recv().await) }, async {
+                    async_io::Timer::at(until).await;
+                    None
+                })
+                .await
+            }
+            None => Some(inputs.recv().await),
+        };
+        let now = Instant::now();
+        // The flags first: a request whose wake-up did not fit in the queue is seen here.
+        signals.apply(&mut machine, now);
+        match received {
+            Some(Ok(Input::Command(command))) => machine.handle_command(command, now),
+            Some(Ok(Input::Fetched { id, result, wall })) => {
+                machine.handle_response(id, result, wall, now);
+            }
+            Some(Err(_)) => machine.shutdown(now),
+            None => machine.handle_timeout(now),
+        }
+    }
+}
+
+fn drain(
+    machine: &mut TokenManager,
+    fetcher: &Arc<dyn Fetcher>,
+    shared: &Shared,
+    loopback: &Sender<Input>,
+    events: &EventSender<Event>,
+) -> Option<Instant> {
+    loop {
+        let action = machine.poll_action();
+        let now = Instant::now();
+        let status = machine.status();
+        shared.update(|o| o.apply(&action, status, now));
+        match action {
+            Action::Wait { until } => return until,
+            Action::FetchToken {
+                id,
+                attempt,
+                deadline,
+            } => {
+                let timeout = deadline.saturating_duration_since(now);
+                tracing::debug!(
+                    request = id.0,
+                    attempt,
+                    timeout_ms = timeout.as_millis() as u64,
+                    "fetching a token"
+                );
+                let fetcher = Arc::clone(fetcher);
+                let reply = loopback.clone();
+                // On the blocking pool: the fetch runs even though nobody polls the task, and
+                // its answer comes back as an input; a late one is stale and ignored.
+                blocking::unblock(move || {
+                    let result = fetcher.fetch(timeout);
+                    // Released before the driver can see the result, so the source is gone
+                    // once the last provider handle and the driver are.
+                    drop(fetcher);
+                    // On a pool thread, so it may wait for room: the driver always drains.
+                    let _ = reply.send_blocking(Input::Fetched {
+                        id,
+                        result,
+                        wall: SystemTime::now(),
+                    });
+                })
+                .detach();
+            }
+            // Connections read the new credentials from the shared state.
+            Action::Reauthenticate { .. } => {}
+            Action::Event(event) => {
+                log_event(&event, now);
+                // Overflow mode: a full queue drops its oldest event; this never waits.
+                if let Ok(Some(_)) = events.try_broadcast(event) {
+                    shared.dropped_events.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// Logs `event` at its severity (the line is the core's, the same in every runtime)
+fn log_event(event: &Event, now: Instant) {
+    let line = event.describe(now);
+    match event.severity() {
+        Severity::Debug => tracing::debug!("{line}"),
+        Severity::Info => tracing::info!("{line}"),
+        Severity::Warn => tracing::warn!("{line}"),
+        Severity::Error => tracing::error!("{line}"),
+    }
+}

@@ -1,0 +1,156 @@
+//! Building a provider: settings, the token source, the startup policy
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use redis_entraid_blocking_io::{Fetcher, HttpConfig, IdentityFetcher};
+use redis_entraid_core::command::{Signals, COMMAND_CAPACITY};
+use redis_entraid_core::config::Config;
+use redis_entraid_core::identity::chain::DefaultChain;
+use redis_entraid_core::identity::TokenSource;
+use redis_entraid_core::machine::TokenManager;
+use redis_entraid_core::startup::{Startup, StartupError};
+
+use crate::driver::Driver;
+use crate::provider::{Inner, Provider};
+use crate::watch::Shared;
+
+/// Builds a [`Provider`]
+#[derive(Clone, Debug, Default)]
+pub struct ProviderBuilder {
+    config: Config,
+    startup: Startup,
+    event_capacity: Option<usize>,
+    http: HttpConfig,
+}
+
+impl ProviderBuilder {
+    /// Refresh, retry and timeout settings
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// What [`build`](Self::build) waits for
+    pub fn startup(mut self, startup: Startup) -> Self {
+        self.startup = startup;
+        self
+    }
+
+    /// Queue length of each [`Provider::events`] receiver (default 256); a subscriber that
+    /// falls further behind loses events rather than slowing anyone down
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.event_capacity = Some(capacity);
+        self
+    }
+
+    /// TLS settings for identity requests (extra root CAs; `SSL_CERT_FILE` is honoured anyway)
+    pub fn http(mut self, http: HttpConfig) -> Self {
+        self.http = http;
+        self
+    }
+
+    /// Starts a provider that gets its tokens through `source`, any Entra ID identity flow
+    ///
+    /// ```no_run
+    /// use redis_entraid_blocking::Provider;
+    /// use redis_entraid_core::identity::imds::Imds;
+    /// use redis_entraid_core::identity::managed::{ManagedIdentity, ManagedIdentityId};
+    /// use redis_entraid_core::identity::TokenSource;
+    ///
+    /// let identity = ManagedIdentity::Imds(Imds::new(ManagedIdentityId::SystemAssigned));
+    /// let provider = Provider::builder().build(TokenSource::ManagedIdentity(identity))?;
+    /// let credentials = provider.credentials().expect("the default startup waits for a token");
+    /// println!("AUTH as {}", credentials.username());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`StartupError`] when the HTTP client cannot be set up, the thread cannot start, or the
+    /// startup policy is not met (the driver is then shut down).
+    pub fn build(self, source: TokenSource) -> Result<Provider, StartupError> {
+        let fetcher = IdentityFetcher::new(source, &self.http).map_err(StartupError::Http)?;
+        self.build_with_fetcher(fetcher)
+    }
+
+    /// Starts a provider on the default chain, configured from the process environment
+    /// (the variables Azure SDKs use: `AZURE_CLIENT_ID`, `AZURE_TENANT_ID`,
+    /// `AZURE_CLIENT_SECRET`, `AZURE_FEDERATED_TOKEN_FILE`, `IDENTITY_ENDPOINT`, ...)
+    ///
+    /// # Errors
+    /// [`StartupError::Config`] for an invalid configuration (an unknown
+    /// `AZURE_TOKEN_CREDENTIALS`), otherwise as [`build`](Self::build); when no identity works,
+    /// the error lists what each step of the chain tried and why it failed.
+    pub fn build_from_env(self) -> Result<Provider, StartupError> {
+        let chain = DefaultChain::try_from_env(&ProcessEnv).map_err(StartupError::Config)?;
+        self.build(TokenSource::DefaultChain(chain))
+    }
+
+    /// Starts the driver thread around any [`Fetcher`] and applies the startup policy
+    ///
+    /// # Errors
+    /// [`StartupError`] when the thread cannot start, or when the startup policy is not met
+    /// (the driver is then shut down).
+    pub fn build_with_fetcher(self, source: impl Fetcher) -> Result<Provider, StartupError> {
+        let shared = Arc::new(Shared::new());
+        let (tx, rx) = mpsc::sync_channel(COMMAND_CAPACITY);
+        let signals = Arc::new(Signals::default());
+        let driver = Driver {
+            signals: Arc::clone(&signals),
+            machine: TokenManager::new(seeded(self.config.clone()), Instant::now()),
+            source: Arc::new(source),
+            shared: Arc::clone(&shared),
+            inputs: rx,
+            loopback: tx.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("redis-entraid".to_owned())
+            .spawn(move || driver.run())
+            .map_err(StartupError::Spawn)?;
+        let provider = Provider {
+            inner: Arc::new(Inner {
+                shared,
+                commands: tx,
+                signals,
+                thread: Some(thread),
+                config: self.config,
+                event_capacity: self.event_capacity.unwrap_or(256),
+            }),
+        };
+        let startup = self.startup;
+        let shared = &provider.inner.shared;
+        match shared.wait_until(startup.wait_limit(), |o| startup.verdict(o)) {
+            Some(Ok(())) => Ok(provider),
+            // Dropping the provider shuts the driver down.
+            Some(Err(e)) => Err(e),
+            None => Err(startup.timed_out(&shared.lock())),
+        }
+    }
+}
+
+/// `config` with a jitter seed drawn from the OS when the user set none, so the processes of a
+/// fleet do not retry and refresh in lockstep (an explicit `rng_seed` is kept)
+fn seeded(config: Config) -> Config {
+    let mut seed = [0u8; 8];
+    if getrandom::fill(&mut seed).is_err() {
+        // No OS entropy (very rare): the process id and the clock still differ across a fleet.
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        seed = (u64::from(std::process::id()) << 32 | u64::from(nanos)).to_le_bytes();
+    }
+    config.with_seed_if_unset(u64::from_le_bytes(seed))
+}
+
+/// The process environment, read one variable at a time as the flows ask for it
+///
+/// Not a copy of `std::env::vars()`: that would hold every variable, `AZURE_CLIENT_SECRET` and
+/// `IDENTITY_HEADER` included, in plain strings that are never wiped.
+struct ProcessEnv;
+
+impl redis_entraid_core::identity::env::EnvSource for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}

@@ -1,0 +1,197 @@
+//! Building a provider: settings, the token source, the startup policy
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use redis_entraid_core::command::{Signals, COMMAND_CAPACITY};
+use redis_entraid_core::config::Config;
+use redis_entraid_core::machine::TokenManager;
+use redis_entraid_core::observed::Observed;
+use redis_entraid_core::startup::{Startup, StartupError};
+use tokio::sync::{broadcast, mpsc, watch};
+
+use crate::driver::Driver;
+use crate::provider::{now, Inner, Provider};
+use crate::source::Fetcher;
+
+/// Builds a [`Provider`]
+#[derive(Clone, Debug, Default)]
+pub struct ProviderBuilder {
+    config: Config,
+    startup: Startup,
+    event_capacity: Option<usize>,
+    http: redis_entraid_core::identity::HttpConfig,
+}
+
+impl ProviderBuilder {
+    /// Refresh, retry and timeout settings
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// What [`build`](Self::build) waits for
+    pub fn startup(mut self, startup: Startup) -> Self {
+        self.startup = startup;
+        self
+    }
+
+    /// Queue length of each [`Provider::events`] receiver (default 256); a subscriber that
+    /// falls further behind loses the oldest events (it sees `RecvError::Lagged`) rather than
+    /// slowing anyone down
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.event_capacity = Some(capacity);
+        self
+    }
+
+    /// TLS settings for identity requests made by [`build`](Self::build) (extra root CAs;
+    /// `SSL_CERT_FILE` is honoured anyway); a fetcher of your own brings its own client
+    pub fn http(mut self, http: redis_entraid_core::identity::HttpConfig) -> Self {
+        self.http = http;
+        self
+    }
+
+    /// Starts a provider that gets its tokens through `source`, any Entra ID identity flow,
+    /// over the default reqwest client: spawns the driver task, then applies the startup policy
+    ///
+    /// ```no_run
+    /// use redis_entraid_tokio::Provider;
+    /// use redis_entraid_tokio::identity::imds::Imds;
+    /// use redis_entraid_tokio::identity::managed::{ManagedIdentity, ManagedIdentityId};
+    /// use redis_entraid_tokio::identity::TokenSource;
+    ///
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let identity = ManagedIdentity::Imds(Imds::new(ManagedIdentityId::SystemAssigned));
+    /// let provider = Provider::builder().build(TokenSource::ManagedIdentity(identity)).await?;
+    /// let credentials = provider.credentials().expect("the default startup waits for a token");
+    /// println!("AUTH as {}", credentials.username());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`StartupError::Http`] when the HTTP client cannot be set up, [`StartupError::Spawn`]
+    /// outside a tokio runtime, [`StartupError::TimedOut`] or [`StartupError::FetchFailed`]
+    /// when the startup policy is not met (the driver is then shut down).
+    #[cfg(feature = "reqwest")]
+    pub async fn build(
+        self,
+        source: redis_entraid_core::identity::TokenSource,
+    ) -> Result<Provider, StartupError> {
+        let client =
+            crate::http::ReqwestClient::from_config(&self.http).map_err(StartupError::Http)?;
+        let identity = crate::source::Identity::with_client(source, client);
+        self.build_with_fetcher(identity).await
+    }
+
+    /// Starts a provider on the default chain, configured from the process environment
+    /// (the variables Azure SDKs use: `AZURE_CLIENT_ID`, `AZURE_TENANT_ID`,
+    /// `AZURE_CLIENT_SECRET`, `AZURE_FEDERATED_TOKEN_FILE`, `IDENTITY_ENDPOINT`, ...)
+    ///
+    /// # Errors
+    /// [`StartupError::Config`] for an invalid configuration (an unknown
+    /// `AZURE_TOKEN_CREDENTIALS`), otherwise as [`build`](Self::build); when no identity works,
+    /// the error lists what each step of the chain tried and why it failed.
+    #[cfg(feature = "reqwest")]
+    pub async fn build_from_env(self) -> Result<Provider, StartupError> {
+        let source = crate::source::default_chain_from_env().map_err(StartupError::Config)?;
+        self.build(source).await
+    }
+
+    /// Spawns the driver task around any [`Fetcher`] and applies the startup policy
+    ///
+    /// # Errors
+    /// [`StartupError::Spawn`] outside a tokio runtime; [`StartupError::TimedOut`] or
+    /// [`StartupError::FetchFailed`] when the startup policy is not met (the driver is then
+    /// shut down).
+    ///
+    /// # Example
+    /// ```
+    /// use std::time::Duration;
+    /// use redis_entraid_core::token::{AccessToken, TokenResponse};
+    /// use redis_entraid_tokio::{Provider, Startup};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // Any async closure `Fn(Duration) -> impl Future<Output = Result<TokenResponse, FetchError>>`
+    /// // is a fetcher; real applications use `build(source)` or `Provider::from_env`.
+    /// let provider = Provider::builder()
+    ///     .startup(Startup::Wait(Duration::from_secs(5)))
+    ///     .build_with_fetcher(|_timeout: Duration| async {
+    ///         // header.{"oid":"me"}.signature
+    ///         Ok(TokenResponse::new(AccessToken::new("e30.eyJvaWQiOiJtZSJ9.c2ln")).with_expires_in(3600))
+    ///     })
+    ///     .await?;
+    /// assert_eq!(provider.credentials().map(|c| c.username().to_owned()).as_deref(), Some("me"));
+    /// # Ok(()) }
+    /// ```
+    pub async fn build_with_fetcher(self, source: impl Fetcher) -> Result<Provider, StartupError> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+            StartupError::Spawn(std::io::Error::other(
+                "redis-entraid-tokio needs a tokio runtime: call build() from within one",
+            ))
+        })?;
+        let (state_tx, state_rx) = watch::channel(Observed::default());
+        let capacity = self.event_capacity.unwrap_or(256).max(1);
+        let (events, _) = broadcast::channel(capacity);
+        let (commands, commands_rx) = mpsc::channel(COMMAND_CAPACITY);
+        let signals = Arc::new(Signals::default());
+        let dropped_events = Arc::new(AtomicU64::new(0));
+        let driver = Driver {
+            machine: TokenManager::new(seeded(self.config.clone()), now()),
+            source: Arc::new(source),
+            state: state_tx,
+            events: events.clone(),
+            event_capacity: capacity,
+            dropped_events: Arc::clone(&dropped_events),
+            commands: commands_rx,
+            signals: Arc::clone(&signals),
+            fetch: None,
+        };
+        let task = handle.spawn(driver.run());
+        let provider = Provider {
+            inner: Arc::new(Inner {
+                state: state_rx,
+                commands,
+                signals,
+                events,
+                dropped_events,
+                config: self.config,
+                task,
+                reported: Arc::new(AtomicU64::new(0)),
+                #[cfg(feature = "redis")]
+                fan_out: Arc::default(),
+            }),
+        };
+        let startup = self.startup;
+        let mut state = provider.inner.state.clone();
+        let verdict = state.wait_for(|o| startup.verdict(o).is_some());
+        let verdict = match startup.wait_limit() {
+            Some(limit) => tokio::time::timeout(limit, verdict).await.ok(),
+            None => Some(verdict.await),
+        };
+        let outcome = match verdict {
+            Some(Ok(observed)) => startup.verdict(&observed).unwrap_or(Ok(())),
+            // The driver is gone (it only drops its sender when it ends).
+            Some(Err(_)) => startup
+                .verdict(&provider.inner.state.borrow())
+                .unwrap_or(Ok(())),
+            None => Err(startup.timed_out(&provider.inner.state.borrow())),
+        };
+        // Dropping the provider on an error shuts the driver down.
+        outcome.map(|()| provider)
+    }
+}
+
+/// `config` with a jitter seed drawn from the OS when the user set none, so the processes of a
+/// fleet do not retry and refresh in lockstep (an explicit `rng_seed` is kept)
+fn seeded(config: Config) -> Config {
+    let mut seed = [0u8; 8];
+    if getrandom::getrandom(&mut seed).is_err() {
+        // No OS entropy (very rare): the process id and the clock still differ across a fleet.
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        seed = (u64::from(std::process::id()) << 32 | u64::from(nanos)).to_le_bytes();
+    }
+    config.with_seed_if_unset(u64::from_le_bytes(seed))
+}
