@@ -111,6 +111,11 @@ fn install_prometheus(addr: std::net::SocketAddr) -> Result<(), CliError> {
                 .advice("pick a free address, e.g. --prometheus 127.0.0.1:9464")
         })?;
     for m in METRICS {
+        // Label-less counters are exported from the start, at 0, so a dashboard or an alert
+        // on them works before anything happened.
+        if m.kind == MetricKind::Counter && m.labels.is_empty() {
+            metrics::counter!(m.name).absolute(0);
+        }
         match m.kind {
             MetricKind::Counter => metrics::describe_counter!(m.name, m.help),
             MetricKind::Gauge => metrics::describe_gauge!(m.name, m.help),

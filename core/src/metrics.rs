@@ -538,10 +538,9 @@ impl MetricsTracker {
     pub fn on_fan_out(&mut self, reports: &[FanOutReport], now: Instant) -> Vec<Observation> {
         let mut out = Vec::new();
         for report in reports {
+            // Counts move even after the rotation's latency was recorded: a late retry of a
+            // refused AUTH still happened.
             let seen = self.rotations.entry(report.generation).or_default();
-            if seen.settled {
-                continue;
-            }
             let ok = report.connections.saturating_sub(seen.connections);
             let failed = report.failed_attempts.saturating_sub(seen.failed_attempts);
             if ok > 0 {
@@ -853,6 +852,22 @@ mod tests {
             &REAUTH_FAN_OUT_LATENCY
         )
         .is_empty());
+    }
+
+    #[test]
+    fn reauths_after_a_rotation_settled_are_still_counted() {
+        let t = t0();
+        let mut tracker = MetricsTracker::new("IMDS");
+        let log = FanOutLog::default();
+        log.record_ok(Generation(2), Duration::from_millis(3), None);
+        log.record_ok(Generation(3), Duration::from_millis(3), None);
+        tracker.on_fan_out(&log.reports(), t);
+        log.record_failure(Generation(2));
+        let out = tracker.on_fan_out(&log.reports(), t);
+        let failed = find(&out, &REAUTHS);
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].label_value("outcome"), Some("failed"));
+        assert!(find(&out, &REAUTH_FAN_OUT_LATENCY).is_empty());
     }
 
     #[test]
