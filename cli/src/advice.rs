@@ -14,7 +14,7 @@ pub(crate) fn for_fetch(error: &FetchError, imds: bool) -> String {
         FetchError::Response(_) if lower.contains("aadsts7000215") || lower.contains("invalid_client") => {
             "Entra rejected the service principal's credential: the client secret or certificate is wrong or expired; create a new one for AZURE_CLIENT_ID".to_owned()
         }
-        FetchError::Response(e) if e.status == Some(400) && (lower.contains("imds") || lower.contains("identity")) => {
+        FetchError::Response(e) if e.status == Some(400) && (lower.contains("identity not found") || lower.contains("no such identity")) => {
             "the managed-identity endpoint has no such identity: assign a managed identity to this host, or check AZURE_CLIENT_ID names a user-assigned identity attached to it".to_owned()
         }
         FetchError::Response(e) if matches!(e.status, Some(429)) => {

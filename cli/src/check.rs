@@ -169,7 +169,8 @@ pub(crate) fn run(args: &CheckArgs) -> Result<i32, CliError> {
     let identity = identity_step(args.source);
     let source = source::token_source(args.source, args.scope.as_deref());
     let identity = match &source {
-        Ok(s) => identity.detail(format!("token source: {}", s.name())),
+        Ok(s) if args.source != SourceArg::Default => identity.detail(format!("token source: {}", s.name())),
+        Ok(_) => identity,
         Err(e) => {
             let advice = e
                 .advice_text()

@@ -200,7 +200,7 @@ pub(crate) fn demo(duration: Duration) -> Result<i32, CliError> {
     })?;
     let c = emu.counters();
     println!(
-        "  {:<22}{}\n  {:<22}{}\n  {:<22}{}",
+        "  {:<24}{}\n  {:<24}{}\n  {:<24}{}",
         "proxy AUTH accepted",
         c.redis_auth_ok,
         "identity faults served",

@@ -626,7 +626,9 @@ fn render(
         l.expirations
     ));
     for e in &l.events {
-        s.push_str(&format!("  {}\n", out.dim(e)));
+        // A wrapped line would break the cursor arithmetic of the redraw: keep each short.
+        let clipped: String = e.chars().take(110).collect();
+        s.push_str(&format!("  {}\n", out.dim(&clipped)));
     }
     s
 }
@@ -680,14 +682,14 @@ fn print_summary(s: &serde_json::Value, out: Style) {
         ("events dropped", "events_dropped"),
     ];
     for (label, key) in rows {
-        println!("  {label:<22}{}", s[key]);
+        println!("  {label:<24}{}", s[key]);
     }
     println!(
-        "  {:<22}{:.1}ms",
+        "  {:<24}{:.1}ms",
         "slowest fan-out",
         s["fan_out_max_ms"].as_f64().unwrap_or(0.0)
     );
     if let Some(m) = s["min_margin_ms"].as_f64() {
-        println!("  {:<22}{:.0}ms", "least margin left", m);
+        println!("  {:<24}{:.0}ms", "least margin left", m);
     }
 }
