@@ -212,3 +212,41 @@ pub(crate) fn acquire(
         received_wall: SystemTime::now(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jwt(payload: &str) -> AccessToken {
+        AccessToken::new(format!(
+            "eyJhbGciOiJub25lIn0.{}.sig",
+            URL_SAFE_NO_PAD.encode(payload)
+        ))
+    }
+
+    #[test]
+    fn claims_read_v1_and_v2_application_ids_and_either_audience_form() {
+        let v1 = TokenClaims::read(&jwt(
+            r#"{"oid":"o","tid":"t","aud":"https://redis.azure.com","appid":"a1","iat":1,"exp":2}"#,
+        ));
+        assert_eq!(v1.oid.as_deref(), Some("o"));
+        assert_eq!(v1.app.as_deref(), Some("a1"));
+        assert!(v1.audience_is_redis());
+        let v2 = TokenClaims::read(&jwt(
+            r#"{"aud":["https://redis.azure.com/"],"azp":"a2","exp":"5"}"#,
+        ));
+        assert_eq!(v2.app.as_deref(), Some("a2"));
+        assert_eq!(v2.exp, Some(5));
+        assert!(v2.audience_is_redis());
+        let other = TokenClaims::read(&jwt(r#"{"aud":"https://management.azure.com"}"#));
+        assert!(!other.audience_is_redis());
+    }
+
+    #[test]
+    fn a_token_that_is_not_a_jwt_gives_empty_claims() {
+        for raw in ["", "opaque", "a.!!!.c", "a.bm90IGpzb24.c"] {
+            let claims = TokenClaims::read(&AccessToken::new(raw));
+            assert!(claims.oid.is_none() && claims.aud.is_empty(), "{raw}");
+        }
+    }
+}

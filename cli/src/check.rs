@@ -169,7 +169,9 @@ pub(crate) fn run(args: &CheckArgs) -> Result<i32, CliError> {
     let identity = identity_step(args.source);
     let source = source::token_source(args.source, args.scope.as_deref());
     let identity = match &source {
-        Ok(s) if args.source != SourceArg::Default => identity.detail(format!("token source: {}", s.name())),
+        Ok(s) if args.source != SourceArg::Default => {
+            identity.detail(format!("token source: {}", s.name()))
+        }
         Ok(_) => identity,
         Err(e) => {
             let advice = e
@@ -820,5 +822,46 @@ fn print_step(step: &Step, out: Style) {
     }
     if let Some(advice) = &step.advice {
         println!("               {} {advice}", out.bold("->"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_tls_host_and_port() {
+        let t = parse_url("rediss://my-cache.redis.azure.net:10000").unwrap();
+        assert!(t.tls);
+        assert_eq!(
+            (t.host.as_str(), t.port),
+            ("my-cache.redis.azure.net", 10000)
+        );
+        let t = parse_url("redis://127.0.0.1").unwrap();
+        assert!(!t.tls);
+        assert_eq!(t.port, 6379);
+        let t = parse_url("rediss://[::1]:6380").unwrap();
+        assert_eq!(t.host, "::1");
+        for bad in [
+            "",
+            "my-cache:10000",
+            "https://x",
+            "rediss://",
+            "rediss://h:70000",
+        ] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn resolve_must_name_the_urls_host_and_an_ip() {
+        let t = parse_url("rediss://cache.example:10000").unwrap();
+        assert_eq!(
+            parse_resolve("cache.example:10.0.0.5", &t).unwrap(),
+            "10.0.0.5:10000".parse().unwrap()
+        );
+        assert!(parse_resolve("other.example:10.0.0.5", &t).is_err());
+        assert!(parse_resolve("cache.example:not-an-ip", &t).is_err());
+        assert!(parse_resolve("cache.example", &t).is_err());
     }
 }

@@ -214,3 +214,29 @@ pub(crate) fn demo(duration: Duration) -> Result<i32, CliError> {
         code
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_specs_read_kind_count_and_endpoint() {
+        assert_eq!(parse_fault("503").unwrap(), Fault::status(503));
+        assert_eq!(
+            parse_fault("503x3@imds").unwrap(),
+            Fault::status(503).times(3).only(Endpoint::Imds)
+        );
+        assert_eq!(parse_fault("429:7").unwrap(), Fault::too_many_requests(7));
+        assert_eq!(
+            parse_fault("delay:250x2").unwrap(),
+            Fault::delay(Duration::from_millis(250)).times(2)
+        );
+        assert_eq!(
+            parse_fault("no-oid@entra").unwrap(),
+            Fault::new(FaultKind::TokenWithoutOid).only(Endpoint::Entra)
+        );
+        for bad in ["", "teapot", "503@moon", "delay:soon", "99999", "429:"] {
+            assert!(parse_fault(bad).is_err(), "{bad}");
+        }
+    }
+}

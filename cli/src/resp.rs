@@ -122,3 +122,53 @@ impl Connection {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    /// A stream that replays `input` and swallows what is written
+    struct Replay(Cursor<Vec<u8>>);
+
+    impl Read for Replay {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.0.read(buf)
+        }
+    }
+
+    impl Write for Replay {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn replies(input: &str, n: usize) -> Vec<io::Result<Reply>> {
+        let mut conn = Connection::new(Box::new(Replay(Cursor::new(input.as_bytes().to_vec()))));
+        (0..n).map(|_| conn.call(&["PING"])).collect()
+    }
+
+    #[test]
+    fn resp2_and_resp3_replies_are_read_including_a_hello_map() {
+        let hello = "%2\r\n$6\r\nserver\r\n$5\r\nredis\r\n$5\r\nproto\r\n:3\r\n";
+        let input = format!("+PONG\r\n-WRONGPASS invalid\r\n$-1\r\n_\r\n{hello}$3\r\nabc\r\n");
+        let got: Vec<_> = replies(&input, 6).into_iter().map(Result::unwrap).collect();
+        assert_eq!(got[0], Reply::Text("PONG".into()));
+        assert_eq!(got[1], Reply::Error("WRONGPASS invalid".into()));
+        assert_eq!(got[2], Reply::Nil);
+        assert_eq!(got[3], Reply::Nil);
+        assert!(matches!(&got[4], Reply::List(items) if items.len() == 4));
+        assert_eq!(got[5], Reply::Text("abc".into()));
+    }
+
+    #[test]
+    fn a_closed_connection_and_garbage_are_errors_not_panics() {
+        assert!(replies("", 1)[0].is_err());
+        assert!(replies("?what\r\n", 1)[0].is_err());
+        assert!(replies("$99999999999\r\n", 1)[0].is_err());
+        assert!(replies("*x\r\n", 1)[0].is_err());
+    }
+}
