@@ -40,6 +40,13 @@
 //! ```
 //!
 //! The names, kinds and labels are documented in one table in the README ("Metrics").
+//!
+//! [`METRICS`]: crate::metrics::METRICS
+//! [`Observation`]: crate::metrics::Observation
+//! [`observe_event`]: crate::metrics::observe_event
+//! [`MetricsTracker`]: crate::metrics::MetricsTracker
+//! [`Event`]: crate::event::Event
+//! [`FanOutReport`]: crate::fan_out::FanOutReport
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
