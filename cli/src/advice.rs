@@ -9,7 +9,7 @@ pub(crate) fn for_fetch(error: &FetchError, imds: bool) -> String {
     let lower = text.to_ascii_lowercase();
     match error {
         FetchError::Response(_) if lower.contains("no credential in the default chain") => {
-            "no identity is configured here: set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET (service principal), run on an Azure host with a managed identity, or sign in with `az login` (see each step above)".to_owned()
+            "no identity is configured here: set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET (service principal), run on an Azure host with a managed identity, or sign in with `az login` (each step's reason is in the error)".to_owned()
         }
         FetchError::Response(_) if lower.contains("aadsts7000215") || lower.contains("invalid_client") => {
             "Entra rejected the service principal's credential: the client secret or certificate is wrong or expired; create a new one for AZURE_CLIENT_ID".to_owned()

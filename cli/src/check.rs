@@ -213,7 +213,24 @@ pub(crate) fn run(args: &CheckArgs) -> Result<i32, CliError> {
             None
         }
         Some(Ok(acquired)) => {
-            emit(token_step(acquired), &mut steps);
+            let mut step = token_step(acquired);
+            if args.source == SourceArg::Default {
+                // The chain tries its configured steps in order: those before the winner were
+                // tried and found unavailable.
+                if let Ok(chain) = source::chain_steps() {
+                    let before: Vec<_> = chain
+                        .iter()
+                        .filter_map(|(name, s)| s.as_ref().ok().map(|src| (*name, src)))
+                        .take_while(|(_, src)| **src != acquired.answered_by)
+                        .map(|(name, _)| name)
+                        .collect();
+                    if !before.is_empty() {
+                        step =
+                            step.detail(format!("tried first, unavailable: {}", before.join(", ")));
+                    }
+                }
+            }
+            emit(step, &mut steps);
             Some(acquired)
         }
     };

@@ -39,10 +39,10 @@ impl CliError {
 
     /// Appends `cause` and its whole source chain
     pub(crate) fn cause(mut self, cause: impl StdError) -> Self {
-        self.causes.push(cause.to_string());
+        self.causes.push(one_line(&cause.to_string()));
         let mut source = cause.source();
         while let Some(s) = source {
-            let text = s.to_string();
+            let text = one_line(&s.to_string());
             // Many errors repeat their source in their own message; say each thing once.
             if !self.causes.iter().any(|c| c.contains(&text)) {
                 self.causes.push(text);
@@ -83,12 +83,22 @@ impl fmt::Display for CliError {
     }
 }
 
+/// `text` on one line: the default chain lists its steps on lines of their own
+pub(crate) fn one_line(text: &str) -> String {
+    text.lines()
+        .map(|l| l.trim().trim_start_matches("- "))
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+        .replace(":;", ":")
+}
+
 /// Flattens an error and its sources into one line
 pub(crate) fn chain(error: &dyn StdError) -> String {
-    let mut line = error.to_string();
+    let mut line = one_line(&error.to_string());
     let mut source = error.source();
     while let Some(s) = source {
-        let text = s.to_string();
+        let text = one_line(&s.to_string());
         if !line.contains(&text) {
             line.push_str(": ");
             line.push_str(&text);
@@ -96,4 +106,20 @@ pub(crate) fn chain(error: &dyn StdError) -> String {
         source = s.source();
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_multi_line_chain_error_becomes_one_line() {
+        let text = "no credential in the default chain produced a token; configure one of them:\n  - environment: skipped: x\n  - managed identity (IMDS): unavailable: y";
+        let line = one_line(text);
+        assert!(!line.contains('\n'));
+        assert_eq!(
+            line,
+            "no credential in the default chain produced a token; configure one of them: environment: skipped: x; managed identity (IMDS): unavailable: y"
+        );
+    }
 }
