@@ -20,8 +20,8 @@ pub(crate) struct EmulatorArgs {
     cluster: usize,
     /// Inject a fault into the identity endpoints: STATUS (503), 429:RETRY_AFTER_S,
     /// delay:MS, close, malformed, no-oid, expired, invalid-client; then optionally xCOUNT
-    /// and @imds|@app-service|@entra (e.g. 503x3@imds); repeatable
-    #[arg(long = "fault", value_name = "SPEC", value_parser = parse_fault)]
+    /// and @imds|@app-service|@entra (e.g. 503x3@imds); repeatable, or comma-separated
+    #[arg(long = "fault", visible_alias = "faults", value_name = "SPEC", value_delimiter = ',', value_parser = parse_fault)]
     faults: Vec<Fault>,
     /// Port of the plain HTTP endpoints (0: any free port)
     #[arg(long, default_value_t = 0)]

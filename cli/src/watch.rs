@@ -157,10 +157,34 @@ struct TimedFetcher {
     inner: IdentityFetcher,
     tracker: Arc<Mutex<MetricsTracker>>,
     live: Arc<Mutex<Live>>,
+    subscribed: Arc<Gate>,
+}
+
+/// Opened once the tool subscribed to the provider's events: the first fetch waits for it, so
+/// the first token's event is never missed (the provider starts fetching as it is built)
+#[derive(Default)]
+struct Gate {
+    open: Mutex<bool>,
+    opened: std::sync::Condvar,
+}
+
+impl Gate {
+    fn open(&self) {
+        *lock(&self.open) = true;
+        self.opened.notify_all();
+    }
+
+    fn wait(&self, timeout: Duration) {
+        let guard = lock(&self.open);
+        let _ = self
+            .opened
+            .wait_timeout_while(guard, timeout, |open| !*open);
+    }
 }
 
 impl Fetcher for TimedFetcher {
     fn fetch(&self, timeout: Duration) -> Result<TokenResponse, FetchError> {
+        self.subscribed.wait(timeout);
         let started = Instant::now();
         lock(&self.tracker).on_fetch_started(started);
         let result = acquire::acquire(&self.inner, timeout);
@@ -244,10 +268,12 @@ pub(crate) fn run(args: &WatchArgs) -> Result<i32, CliError> {
         source: inner.name(),
         ..Live::default()
     }));
+    let subscribed = Arc::new(Gate::default());
     let fetcher = TimedFetcher {
         inner,
         tracker: Arc::clone(&tracker),
         live: Arc::clone(&live),
+        subscribed: Arc::clone(&subscribed),
     };
     let started = Instant::now();
     let provider = Provider::builder()
@@ -256,9 +282,8 @@ pub(crate) fn run(args: &WatchArgs) -> Result<i32, CliError> {
         .build_with_fetcher(fetcher)
         .map_err(|e| CliError::failed("the provider did not start").cause(e))?;
     let events = provider.events();
+    subscribed.open();
     let first = provider.wait_newer(None, args.timeout.max(Duration::from_secs(1)));
-    // The first events were already queued for us (subscribed before any fetch finished? not
-    // guaranteed), so the status is also read directly below.
     if first.is_none() {
         let cause = provider
             .last_error()
