@@ -170,8 +170,13 @@ pub(crate) fn demo(duration: Duration) -> Result<i32, CliError> {
         "emulator up: IMDS at {}, Redis proxy at {redis}; tokens live 6 s and the proxy closes any connection whose token expires",
         emu.imds_endpoint()
     );
-    // The process's own environment is what the library reads: point it at the emulator.
-    std::env::set_var("AZURE_POD_IDENTITY_AUTHORITY_HOST", emu.imds_endpoint());
+    // What an Azure VM's environment would hold, pointed at the emulator (handed over as a
+    // map: changing the process environment while threads run is a data race).
+    let env = [(
+        "AZURE_POD_IDENTITY_AUTHORITY_HOST".to_owned(),
+        emu.imds_endpoint(),
+    )]
+    .into();
     let faults = emu.faults().clone();
     let half = duration / 2;
     std::thread::spawn(move || {
@@ -197,6 +202,7 @@ pub(crate) fn demo(duration: Duration) -> Result<i32, CliError> {
             retry_initial: Some(Duration::from_millis(200)),
             retry_max: Some(Duration::from_secs(1)),
         },
+        env: Some(env),
     })?;
     let c = emu.counters();
     println!(

@@ -230,6 +230,7 @@ fn main() {
                 retry_initial: tuning.retry_initial,
                 retry_max: tuning.retry_max,
             },
+            env: None,
         }),
         Command::Emulator(args) => emulator::run(&args),
         Command::Demo { duration } => emulator::demo(duration),

@@ -133,7 +133,18 @@ pub(crate) fn token_source(
     source: SourceArg,
     scope: Option<&str>,
 ) -> Result<TokenSource, CliError> {
-    let e = &ProcessEnv;
+    token_source_in(&ProcessEnv, source, scope)
+}
+
+/// As [`token_source`], from the environment `e` instead of the process's
+///
+/// # Errors
+/// As [`token_source`].
+pub(crate) fn token_source_in(
+    e: &dyn EnvSource,
+    source: SourceArg,
+    scope: Option<&str>,
+) -> Result<TokenSource, CliError> {
     let config = |what: &str| {
         let what = what.to_owned();
         move |err: redis_entraid_core::error::ConfigError| {

@@ -39,6 +39,8 @@ pub(crate) struct WatchArgs {
     pub(crate) plain: bool,
     pub(crate) json: bool,
     pub(crate) tuning: Tuning,
+    /// Identity variables to use instead of the process environment (the demo's emulator)
+    pub(crate) env: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// Refresh and retry settings; the library's defaults unless given (short-lived test tokens
@@ -256,7 +258,10 @@ fn redis_client(url: &str) -> Result<redis::Client, CliError> {
 pub(crate) fn run(args: &WatchArgs) -> Result<i32, CliError> {
     let client = redis_client(&args.url)?;
     let config = args.tuning.config(args.timeout)?;
-    let token_source = source::token_source(args.source, args.scope.as_deref())?;
+    let token_source = match &args.env {
+        Some(env) => source::token_source_in(env, args.source, args.scope.as_deref())?,
+        None => source::token_source(args.source, args.scope.as_deref())?,
+    };
     let imds = acquire::is_imds(&token_source);
     let inner = acquire::fetcher(token_source)?;
     if let Some(addr) = args.prometheus {
