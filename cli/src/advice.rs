@@ -26,6 +26,12 @@ pub(crate) fn for_fetch(error: &FetchError, imds: bool) -> String {
         FetchError::Response(_) => {
             "the identity provider refused the request: read its message above (AADSTS codes are documented by Microsoft)".to_owned()
         }
+        FetchError::Transport(_) if lower.contains("is not installed") => {
+            "the developer CLI is not installed here: install and sign in to it, or pick another --source".to_owned()
+        }
+        FetchError::Transport(_) if lower.contains("az login") || lower.contains("azd auth login") || lower.contains("not logged in") => {
+            "the developer CLI is not signed in: run `az login` (or `azd auth login`) as the user the application runs as".to_owned()
+        }
         FetchError::Transport(_) | FetchError::TimedOut { .. } if imds || lower.contains("169.254.169.254") => {
             "the Instance Metadata Service (IMDS) is unreachable: this is not an Azure VM/VMSS/AKS host with a managed identity (or a firewall blocks 169.254.169.254); elsewhere use a service principal or `az login`".to_owned()
         }

@@ -99,6 +99,8 @@ struct Target {
     tls: bool,
     host: String,
     port: u16,
+    /// The URL named the port (Azure's are never Redis's default 6379)
+    port_given: bool,
 }
 
 /// Reads a `redis://` or `rediss://` URL
@@ -132,6 +134,7 @@ fn parse_url(raw: &str) -> Result<Target, CliError> {
         tls,
         host,
         port: url.port().unwrap_or(6379),
+        port_given: url.port().is_some(),
     })
 }
 
@@ -509,11 +512,12 @@ fn tcp_step(
                 let _ = stream.set_read_timeout(Some(timeout));
                 let _ = stream.set_write_timeout(Some(timeout));
                 let _ = stream.set_nodelay(true);
-                emit(
-                    Step::new("tcp", Verdict::Pass, format!("connected to {addr}"))
-                        .took(started.elapsed()),
-                    steps,
-                );
+                let mut step = Step::new("tcp", Verdict::Pass, format!("connected to {addr}"))
+                    .took(started.elapsed());
+                if !target.port_given {
+                    step = step.detail("no port in the URL, so 6379; Azure Managed Redis listens on 10000, Azure Cache for Redis on 6380 (TLS)");
+                }
+                emit(step, steps);
                 return Some(stream);
             }
             Err(e) => errors.push(format!("{addr}: {e}")),
