@@ -1,7 +1,6 @@
 //! One token, fetched exactly as the library fetches it, with what a person needs to know
 //! about it: which source answered, the claims, the lifetime, how long the request took
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -11,9 +10,6 @@ use redis_entraid_core::error::FetchError;
 use redis_entraid_core::identity::TokenSource;
 use redis_entraid_core::token::{AccessToken, TokenResponse};
 use serde_json::{json, Value};
-use tracing::field::{Field, Visit};
-use tracing_subscriber::layer::{Context, SubscriberExt};
-use tracing_subscriber::Layer;
 
 use crate::error::CliError;
 
@@ -129,43 +125,6 @@ pub(crate) fn unix(t: SystemTime) -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-/// Catches the blocking runtime's own report of which chain step answered (its `info` event
-/// with a `source` field), so the tool names the winner the library itself chose
-#[derive(Clone, Default)]
-struct WinnerCapture(Arc<Mutex<Option<String>>>);
-
-struct SourceVisitor<'a>(&'a mut Option<String>);
-
-impl Visit for SourceVisitor<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "source" {
-            *self.0 = Some(value.to_owned());
-        }
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "source" {
-            *self.0 = Some(format!("{value:?}").trim_matches('"').to_owned());
-        }
-    }
-}
-
-impl<S: tracing::Subscriber> Layer<S> for WinnerCapture {
-    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
-        if event
-            .metadata()
-            .target()
-            .starts_with("redis_entraid_blocking")
-        {
-            let mut found = None;
-            event.record(&mut SourceVisitor(&mut found));
-            if let Some(found) = found {
-                *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(found);
-            }
-        }
-    }
-}
-
 /// Whether `source` is the VM's Instance Metadata Service
 pub(crate) fn is_imds(source: &TokenSource) -> bool {
     matches!(
@@ -196,13 +155,12 @@ pub(crate) fn acquire(
     fetcher: &IdentityFetcher,
     timeout: Duration,
 ) -> Result<Acquired, (FetchError, Duration)> {
-    let capture = WinnerCapture::default();
-    let subscriber = tracing_subscriber::registry().with(capture.clone());
     let started = Instant::now();
-    let result = tracing::subscriber::with_default(subscriber, || fetcher.fetch(timeout));
+    let result = fetcher.fetch(timeout);
     let took = started.elapsed();
     let token = result.map_err(|e| (e, took))?;
-    let winner = capture.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+    // For the default chain, the step that answered (the fetcher sticks to it from now on).
+    let winner = fetcher.winner();
     let claims = TokenClaims::read(&token.access_token);
     Ok(Acquired {
         answered_by: winner.unwrap_or_else(|| fetcher.name()),

@@ -120,6 +120,104 @@ pub enum Event {
     Stopped,
 }
 
+/// How much an [`Event`] matters to an operator: the level a runtime logs it at
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Severity {
+    /// Routine detail (a token that was not newer)
+    Debug,
+    /// The normal story: a new token, a clean stop
+    Info,
+    /// Something failed and is being handled (a retry, a refused `AUTH`, a wrong clock)
+    Warn,
+    /// Connections are at risk or lost (retries exhausted, a token expired)
+    Error,
+}
+
+impl Event {
+    /// The level to log this event at
+    pub fn severity(&self) -> Severity {
+        match self {
+            Event::TokenNotNewer { .. } => Severity::Debug,
+            Event::Refreshed { .. } | Event::Stopped => Severity::Info,
+            Event::FetchFailed { .. } | Event::ReauthFailed { .. } | Event::ClockSkew { .. } => {
+                Severity::Warn
+            }
+            Event::RetriesExhausted { .. } | Event::Expired { .. } => Severity::Error,
+        }
+    }
+
+    /// One line for a log, with the durations counted from `now` (the driver's clock); holds no
+    /// secret (errors never carry one)
+    pub fn describe(&self, now: Instant) -> String {
+        let from_now = |at: &Instant| at.saturating_duration_since(now).as_secs_f64();
+        match self {
+            Event::Refreshed {
+                generation,
+                expires_at,
+                refresh_at,
+            } => format!(
+                "new token #{}: expires in {:.1}s, next refresh in {:.1}s",
+                generation.0,
+                from_now(expires_at),
+                from_now(refresh_at)
+            ),
+            Event::TokenNotNewer {
+                expires_at,
+                refresh_at,
+            } => format!(
+                "the identity endpoint answered a token no newer than the current one \
+                 (expires in {:.1}s); kept the current one, next refresh in {:.1}s",
+                from_now(expires_at),
+                from_now(refresh_at)
+            ),
+            Event::FetchFailed {
+                attempt,
+                error,
+                retryable,
+                next_attempt_at,
+            } => format!(
+                "token request #{attempt} failed ({}): {error}; next attempt in {:.1}s",
+                if *retryable {
+                    "retryable"
+                } else {
+                    "not retryable"
+                },
+                from_now(next_attempt_at)
+            ),
+            Event::RetriesExhausted {
+                attempts,
+                last_error,
+            } => format!(
+                "token refresh failed {attempts} times in a row, still retrying: {last_error}"
+            ),
+            Event::Expired { generation } => format!(
+                "token #{} expired before a replacement arrived: connections will be closed \
+                 by the server until a token is fetched",
+                generation.0
+            ),
+            Event::ReauthFailed { generation, error } => format!(
+                "re-authentication with token #{} failed: {error}",
+                generation.0
+            ),
+            Event::ClockSkew {
+                host_ahead,
+                by,
+                evidence,
+            } => format!(
+                "the host clock is {:.0}s {} the identity provider's (seen in {}); fix the \
+                 host's time sync",
+                by.as_secs_f64(),
+                if *host_ahead { "ahead of" } else { "behind" },
+                match evidence {
+                    SkewEvidence::ServerDate => "the response's Date header",
+                    SkewEvidence::Lifetimes => "the token's lifetimes",
+                }
+            ),
+            Event::Stopped => "the token provider stopped".to_owned(),
+        }
+    }
+}
+
 /// How a [`Event::ClockSkew`] was detected
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]

@@ -88,7 +88,6 @@
 //!             }
 //!             Action::Event(event) => eprintln!("{event:?}"),
 //!             Action::Wait { until } => break until,
-//!             _ => {}
 //!         }
 //!     };
 //!     // 2. Feed exactly one input with a fresh `now`, then drain again.
@@ -118,6 +117,7 @@
 //! [`Event::RetriesExhausted`]: event::Event::RetriesExhausted
 
 pub mod backoff;
+pub mod command;
 pub mod config;
 pub mod error;
 pub mod event;
@@ -128,7 +128,9 @@ pub mod machine;
 /// Metric names and the mapping of events and fan-out reports to observations (no recorder,
 /// no clock: a runtime or the CLI records them with the `metrics` crate or anything else)
 pub mod metrics;
+pub mod observed;
 pub mod secret;
+pub mod startup;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod timer;

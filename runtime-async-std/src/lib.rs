@@ -36,4 +36,5 @@ pub mod redis;
 mod shared;
 
 pub use provider::{Driver, Provider, ProviderBuilder, Subscription};
-pub use redis_entraid_blocking::{Fetcher, HttpConfig, IdentityFetcher, Startup, StartupError};
+pub use redis_entraid_blocking_io::{Fetcher, HttpConfig, IdentityFetcher};
+pub use redis_entraid_core::startup::{Startup, StartupError};

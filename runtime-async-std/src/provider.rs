@@ -3,7 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
@@ -11,80 +11,40 @@ use std::time::{Duration, Instant, SystemTime};
 use async_broadcast::{InactiveReceiver, Receiver as EventReceiver, Sender as EventSender};
 use async_channel::{Receiver, Sender, TrySendError};
 use futures_lite::future;
-use redis_entraid_blocking::{Fetcher, HttpConfig, IdentityFetcher, Startup, StartupError};
+use redis_entraid_blocking_io::{Fetcher, HttpConfig, IdentityFetcher};
+pub(crate) use redis_entraid_core::command::Command;
+use redis_entraid_core::command::{Signals, COMMAND_CAPACITY};
 use redis_entraid_core::config::Config;
-use redis_entraid_core::error::{FetchError, ReauthError, TransportError};
-use redis_entraid_core::event::{Action, Event, Generation, RequestId, Status};
+use redis_entraid_core::error::{FetchError, ReauthError};
+use redis_entraid_core::event::{Action, Event, Generation, RequestId, Severity, Status};
 use redis_entraid_core::identity::chain::DefaultChain;
 use redis_entraid_core::identity::TokenSource;
 use redis_entraid_core::machine::TokenManager;
+use redis_entraid_core::startup::{Startup, StartupError};
 use redis_entraid_core::token::{Credentials, TokenResponse};
 
 use crate::shared::Shared;
 
-/// How many commands may wait for the driver; beyond that, [`deliver`] coalesces or drops
-/// (see [`Provider::refresh_now`] and [`Provider::report_reauth`]) instead of queueing without
-/// limit
-const COMMAND_CAPACITY: usize = 64;
-
-/// Requests that are flags rather than queue entries, so they coalesce and a full queue can
-/// never lose them: the driver reads both after every wake-up
-#[derive(Debug, Default)]
-struct Signals {
-    refresh: AtomicBool,
-    shutdown: AtomicBool,
-}
-
-/// Hands `command` to the driver without ever waiting: a refresh request sets the refresh
-/// flag (queueing a wake-up only if none is pending), a shutdown sets the shutdown flag, and a
-/// re-authentication report is queued if there is room, else dropped (a dropped rejection still
-/// sets the refresh flag, so the fresh token it asks for is not lost)
-fn deliver(signals: &Signals, commands: &Sender<Command>, command: Command) {
-    match command {
-        Command::RefreshNow => {
-            if !signals.refresh.swap(true, Ordering::SeqCst) {
-                // Full: the driver wakes for what is queued and reads the flag then.
-                let _ = commands.try_send(Command::RefreshNow);
-            }
-        }
-        Command::Shutdown => {
-            signals.shutdown.store(true, Ordering::SeqCst);
-            let _ = commands.try_send(Command::Shutdown);
-        }
-        Command::Reauth { generation, result } => {
-            let rejected = matches!(&result, Err(e) if e.is_credential_rejection());
-            if let Err(TrySendError::Full(_)) =
-                commands.try_send(Command::Reauth { generation, result })
-            {
-                tracing::debug!(
-                    generation = generation.0,
-                    "the driver's command queue is full; a re-authentication report was dropped"
-                );
-                if rejected {
-                    signals.refresh.store(true, Ordering::SeqCst);
-                }
-            }
-        }
-        // Not sent this way: fetches on the blocking pool wait for room (see `drain`), so an
-        // answer is never dropped; here, on an executor thread, nothing may wait.
-        fetched @ Command::Fetched { .. } => {
-            let _ = commands.try_send(fetched);
-        }
-    }
-}
-
-pub(crate) enum Command {
+/// What reaches the driver: a handle's command, or a fetch's answer from the blocking pool
+pub(crate) enum Input {
+    Command(Command),
     Fetched {
         id: RequestId,
         result: Result<TokenResponse, FetchError>,
         wall: SystemTime,
     },
-    RefreshNow,
-    Reauth {
-        generation: Generation,
-        result: Result<(), ReauthError>,
-    },
-    Shutdown,
+}
+
+/// Hands `command` to the driver without ever waiting (the policy when the queue is full is
+/// the core's: see [`Signals`])
+fn deliver(signals: &Signals, inputs: &Sender<Input>, command: Command) {
+    if let Some(command) = signals.admit(command) {
+        if let Err(TrySendError::Full(Input::Command(command))) =
+            inputs.try_send(Input::Command(command))
+        {
+            signals.overflowed(&command);
+        }
+    }
 }
 
 /// The driver: a future that runs the token machine until the provider shuts down
@@ -190,7 +150,7 @@ impl ProviderBuilder {
     /// startup policy
     ///
     /// ```no_run
-    /// # async fn demo() -> Result<(), redis_entraid_blocking::StartupError> {
+    /// # async fn demo() -> Result<(), redis_entraid_async_std::StartupError> {
     /// use redis_entraid_async_std::Provider;
     /// use redis_entraid_core::identity::imds::Imds;
     /// use redis_entraid_core::identity::managed::{ManagedIdentity, ManagedIdentityId};
@@ -249,7 +209,7 @@ impl ProviderBuilder {
 
 struct Inner {
     shared: Arc<Shared>,
-    commands: Sender<Command>,
+    commands: Sender<Input>,
     signals: Arc<Signals>,
     events: InactiveReceiver<Event>,
     config: Config,
@@ -291,38 +251,12 @@ impl Provider {
 
     async fn apply_startup(&self, startup: Startup) -> Result<(), StartupError> {
         let shared = &self.inner.shared;
-        let outcome = match startup {
-            Startup::Wait(waited) => match shared
-                .wait_until(Some(waited), |s| s.latest.as_ref().map(|_| ()))
-                .await
-            {
-                Some(()) => Ok(()),
-                None => Err(StartupError::TimedOut {
-                    waited,
-                    last_error: shared.lock().last_error.clone(),
-                }),
-            },
-            Startup::FailFast => {
-                let result = shared
-                    .wait_until(None, |s| {
-                        if s.latest.is_some() {
-                            Some(Ok(()))
-                        } else if s.failures_before_first_token > 0 || s.stopped {
-                            Some(Err(s.last_error.clone()))
-                        } else {
-                            None
-                        }
-                    })
-                    .await;
-                match result {
-                    Some(Ok(())) => Ok(()),
-                    Some(Err(Some(e))) => Err(StartupError::FetchFailed(e)),
-                    _ => Err(StartupError::FetchFailed(FetchError::from(
-                        TransportError::permanent("the driver stopped before the first token"),
-                    ))),
-                }
-            }
-            _ => Ok(()),
+        let outcome = match shared
+            .wait_until(startup.wait_limit(), |o| startup.verdict(o))
+            .await
+        {
+            Some(verdict) => verdict,
+            None => Err(startup.timed_out(&shared.lock())),
         };
         if outcome.is_err() {
             self.shutdown().await;
@@ -333,17 +267,18 @@ impl Provider {
     /// The latest credentials, if a token has arrived (check [`status`](Self::status) for
     /// whether they expired)
     pub fn credentials(&self) -> Option<Credentials> {
-        self.inner
-            .shared
-            .lock()
-            .latest
-            .as_ref()
-            .map(|(_, c)| c.clone())
+        self.inner.shared.lock().latest().map(|(_, c)| c.clone())
     }
 
     /// The latest credentials and their generation
     pub fn current(&self) -> Option<(Generation, Credentials)> {
-        self.inner.shared.lock().latest.clone()
+        self.inner.shared.lock().latest().cloned()
+    }
+
+    /// How long ago the latest credentials arrived
+    pub fn credentials_age(&self) -> Option<Duration> {
+        let received = self.inner.shared.lock().received()?;
+        Some(received.elapsed())
     }
 
     /// Waits up to `timeout` (`None`: until shutdown) for credentials newer than `generation`
@@ -351,18 +286,11 @@ impl Provider {
     pub async fn wait_newer(
         &self,
         generation: Option<Generation>,
-        timeout: Option<Duration>,
+        timeout: Duration,
     ) -> Option<(Generation, Credentials)> {
         self.inner
             .shared
-            .wait_until(timeout, |s| {
-                match (&s.latest, generation) {
-                    (Some((g, c)), Some(seen)) if *g > seen => return Some(Some((*g, c.clone()))),
-                    (Some((g, c)), None) => return Some(Some((*g, c.clone()))),
-                    _ => {}
-                }
-                s.stopped.then_some(None)
-            })
+            .wait_until(Some(timeout), |o| o.newer_or_stopped(generation))
             .await
             .flatten()
     }
@@ -380,14 +308,19 @@ impl Provider {
         self.inner.events.activate_cloned()
     }
 
+    /// Events lost because a subscriber's queue was full (each queue drops its oldest)
+    pub fn dropped_events(&self) -> u64 {
+        self.inner.shared.dropped_events.load(Ordering::Relaxed)
+    }
+
     /// Where the machine stands
     pub fn status(&self) -> Status {
-        self.inner.shared.lock().status
+        self.inner.shared.lock().status()
     }
 
     /// The last fetch error since the last success, if any
     pub fn last_error(&self) -> Option<FetchError> {
-        self.inner.shared.lock().last_error.clone()
+        self.inner.shared.lock().last_error().cloned()
     }
 
     /// The configuration
@@ -452,7 +385,9 @@ impl Provider {
         deliver(&self.inner.signals, &self.inner.commands, Command::Shutdown);
         self.inner
             .shared
-            .wait_until(Some(Duration::from_secs(5)), |s| s.stopped.then_some(()))
+            .wait_until(Some(Duration::from_secs(5)), |o| {
+                o.is_stopped().then_some(())
+            })
             .await;
     }
 }
@@ -464,7 +399,7 @@ impl Provider {
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) struct WeakProvider {
     pub(crate) shared: Arc<Shared>,
-    commands: Sender<Command>,
+    commands: Sender<Input>,
     signals: Arc<Signals>,
     reported: Arc<AtomicU64>,
     #[cfg(feature = "redis")]
@@ -498,13 +433,38 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// Credentials newer than the last ones this subscription returned, if any, without
+    /// waiting
+    pub fn next_if_changed(&mut self) -> Option<(Generation, Credentials)> {
+        let newer = self.provider.inner.shared.lock().newer_than(self.seen);
+        self.seen_now(newer)
+    }
+
     /// Waits for credentials newer than the last ones this subscription returned; `None` once
     /// the provider has stopped
     pub async fn changed(&mut self) -> Option<(Generation, Credentials)> {
-        let (generation, credentials) = self.provider.wait_newer(self.seen, None).await?;
-        if self.seen.is_some_and(|seen| seen >= generation) {
-            return None;
-        }
+        let seen = self.seen;
+        let newer = self
+            .provider
+            .inner
+            .shared
+            .wait_until(None, |o| o.newer_or_stopped(seen))
+            .await
+            .flatten();
+        self.seen_now(newer)
+    }
+
+    /// Like [`changed`](Self::changed), giving up after `timeout`
+    pub async fn wait_changed(&mut self, timeout: Duration) -> Option<(Generation, Credentials)> {
+        let newer = self.provider.wait_newer(self.seen, timeout).await;
+        self.seen_now(newer)
+    }
+
+    fn seen_now(
+        &mut self,
+        newer: Option<(Generation, Credentials)>,
+    ) -> Option<(Generation, Credentials)> {
+        let (generation, credentials) = newer?;
         self.seen = Some(generation);
         Some((generation, credentials))
     }
@@ -514,42 +474,33 @@ async fn run(
     mut machine: TokenManager,
     fetcher: Arc<dyn Fetcher>,
     shared: Arc<Shared>,
-    commands: Receiver<Command>,
-    loopback: Sender<Command>,
+    inputs: Receiver<Input>,
+    loopback: Sender<Input>,
     signals: Arc<Signals>,
     events: EventSender<Event>,
 ) {
     loop {
         let until = drain(&mut machine, &fetcher, &shared, &loopback, &events);
-        if shared.lock().stopped {
+        if shared.lock().is_stopped() {
             return;
         }
         let received = match until {
             Some(until) => {
-                future::or(async { Some(commands.recv().await) }, async {
+                future::or(async { Some(inputs.recv().await) }, async {
                     async_io::Timer::at(until).await;
                     None
                 })
                 .await
             }
-            None => Some(commands.recv().await),
+            None => Some(inputs.recv().await),
         };
         let now = Instant::now();
         // The flags first: a request whose wake-up did not fit in the queue is seen here.
-        if signals.shutdown.load(Ordering::SeqCst) {
-            machine.shutdown(now);
-        }
-        if signals.refresh.swap(false, Ordering::SeqCst) {
-            machine.refresh_now(now);
-        }
+        signals.apply(&mut machine, now);
         match received {
-            Some(Ok(Command::Fetched { id, result, wall })) => {
+            Some(Ok(Input::Command(command))) => machine.handle_command(command, now),
+            Some(Ok(Input::Fetched { id, result, wall })) => {
                 machine.handle_response(id, result, wall, now);
-            }
-            // Wake-ups only: their flags were read above.
-            Some(Ok(Command::RefreshNow | Command::Shutdown)) => {}
-            Some(Ok(Command::Reauth { generation, result })) => {
-                machine.handle_reauth_result(generation, result, now);
             }
             Some(Err(_)) => machine.shutdown(now),
             None => machine.handle_timeout(now),
@@ -561,22 +512,22 @@ fn drain(
     machine: &mut TokenManager,
     fetcher: &Arc<dyn Fetcher>,
     shared: &Shared,
-    loopback: &Sender<Command>,
+    loopback: &Sender<Input>,
     events: &EventSender<Event>,
 ) -> Option<Instant> {
     loop {
-        match machine.poll_action() {
-            Action::Wait { until } => {
-                let status = machine.status();
-                shared.update(|s| s.status = status);
-                return until;
-            }
+        let action = machine.poll_action();
+        let now = Instant::now();
+        let status = machine.status();
+        shared.update(|o| o.apply(&action, status, now));
+        match action {
+            Action::Wait { until } => return until,
             Action::FetchToken {
                 id,
                 attempt,
                 deadline,
             } => {
-                let timeout = deadline.saturating_duration_since(Instant::now());
+                let timeout = deadline.saturating_duration_since(now);
                 tracing::debug!(
                     request = id.0,
                     attempt,
@@ -586,14 +537,14 @@ fn drain(
                 let fetcher = Arc::clone(fetcher);
                 let reply = loopback.clone();
                 // On the blocking pool: the fetch runs even though nobody polls the task, and
-                // its answer comes back as a command; a late one is stale and ignored.
+                // its answer comes back as an input; a late one is stale and ignored.
                 blocking::unblock(move || {
                     let result = fetcher.fetch(timeout);
                     // Released before the driver can see the result, so the source is gone
                     // once the last provider handle and the driver are.
                     drop(fetcher);
                     // On a pool thread, so it may wait for room: the driver always drains.
-                    let _ = reply.send_blocking(Command::Fetched {
+                    let _ = reply.send_blocking(Input::Fetched {
                         id,
                         result,
                         wall: SystemTime::now(),
@@ -601,89 +552,30 @@ fn drain(
                 })
                 .detach();
             }
-            Action::Reauthenticate {
-                credentials,
-                generation,
-            } => {
-                tracing::info!(
-                    generation = generation.0,
-                    username = credentials.username(),
-                    "new credentials"
-                );
-                let status = machine.status();
-                let expires_at = match status {
-                    Status::Valid { expires_at, .. } | Status::Retrying { expires_at, .. } => {
-                        Some(expires_at)
-                    }
-                    _ => None,
-                };
-                shared.update(|s| {
-                    s.latest = Some((generation, credentials));
-                    s.received = Some(Instant::now());
-                    s.expires_at = expires_at;
-                    s.last_error = None;
-                    s.status = status;
-                });
-            }
+            // Connections read the new credentials from the shared state.
+            Action::Reauthenticate { .. } => {}
             Action::Event(event) => {
-                match &event {
-                    Event::FetchFailed { attempt, error, .. } => {
-                        tracing::warn!(attempt, "token request failed: {error}");
-                        let error = error.clone();
-                        shared.update(|s| {
-                            if s.latest.is_none() {
-                                s.failures_before_first_token += 1;
-                            }
-                            s.last_error = Some(error);
-                        });
-                    }
-                    Event::RetriesExhausted {
-                        attempts,
-                        last_error,
-                    } => {
-                        tracing::error!(
-                            attempts,
-                            "token refresh keeps failing, still retrying: {last_error}"
-                        );
-                    }
-                    Event::Expired { generation } => {
-                        tracing::error!(
-                            generation = generation.0,
-                            "token expired before a replacement arrived"
-                        );
-                    }
-                    Event::ReauthFailed { generation, error } => {
-                        tracing::warn!(
-                            generation = generation.0,
-                            "re-authentication failed: {error}"
-                        );
-                    }
-                    Event::ClockSkew {
-                        host_ahead,
-                        by,
-                        evidence,
-                    } => {
-                        tracing::warn!(
-                            host_ahead,
-                            by_s = by.as_secs(),
-                            ?evidence,
-                            "the host clock disagrees with the identity provider's; fix its time sync"
-                        );
-                    }
-                    Event::Stopped => shared.update(|s| {
-                        s.stopped = true;
-                        s.status = Status::Stopped;
-                    }),
-                    _ => tracing::debug!(?event, "token event"),
-                }
+                log_event(&event, now);
                 // Overflow mode: a full queue drops its oldest event; this never waits.
-                let _ = events.try_broadcast(event);
+                if let Ok(Some(_)) = events.try_broadcast(event) {
+                    shared.dropped_events.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
     }
 }
 
-/// `config` with a jitter seed drawn from the OS when the user set none, so the processes of a
+/// Logs `event` at its severity (the line is the core's, the same in every runtime)
+fn log_event(event: &Event, now: Instant) {
+    let line = event.describe(now);
+    match event.severity() {
+        Severity::Debug => tracing::debug!("{line}"),
+        Severity::Info => tracing::info!("{line}"),
+        Severity::Warn => tracing::warn!("{line}"),
+        Severity::Error => tracing::error!("{line}"),
+    }
+}
+
 /// fleet do not retry and refresh in lockstep (an explicit `rng_seed` is kept)
 fn seeded(config: Config) -> Config {
     let mut seed = [0u8; 8];

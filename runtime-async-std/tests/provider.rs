@@ -164,7 +164,7 @@ async fn lazy_startup_returns_at_once_and_the_token_follows() {
         "a blocking fetch never blocks the executor"
     );
     let (generation, credentials) = provider
-        .wait_newer(None, Some(Duration::from_secs(5)))
+        .wait_newer(None, Duration::from_secs(5))
         .await
         .unwrap();
     assert_eq!(
@@ -187,7 +187,7 @@ async fn wrongpass_report_fetches_a_fresh_token_and_is_an_event() {
         Err(ReauthError::new(ReauthErrorKind::WrongPass, "WRONGPASS")),
     );
     let (generation, _) = provider
-        .wait_newer(Some(Generation(1)), Some(Duration::from_secs(5)))
+        .wait_newer(Some(Generation(1)), Duration::from_secs(5))
         .await
         .unwrap();
     assert_eq!(generation, Generation(2));
@@ -214,7 +214,7 @@ async fn a_slow_event_subscriber_never_delays_refreshes() {
         .unwrap();
     let _never_read = provider.events();
     let reached = provider
-        .wait_newer(Some(Generation(3)), Some(Duration::from_secs(5)))
+        .wait_newer(Some(Generation(3)), Duration::from_secs(5))
         .await;
     assert!(reached.is_some(), "refreshes continued");
 }
@@ -232,7 +232,7 @@ async fn dropping_the_last_handle_ends_the_driver() {
         .start_with_fetcher(fetcher);
     let task = async_std::task::spawn(driver);
     provider
-        .wait_newer(None, Some(Duration::from_secs(5)))
+        .wait_newer(None, Duration::from_secs(5))
         .await
         .unwrap();
     drop(provider);

@@ -85,7 +85,7 @@ fn response_timeout() -> redis::AsyncConnectionConfig {
 /// The generation after `seen`, waiting up to `wait`
 async fn next_generation(provider: &Provider, seen: Generation, wait: Duration) -> Generation {
     provider
-        .wait_newer(Some(seen), Some(wait))
+        .wait_newer(Some(seen), wait)
         .await
         .expect("a newer token")
         .0

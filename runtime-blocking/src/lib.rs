@@ -16,15 +16,11 @@
 //!
 //! [`TokenManager`]: redis_entraid_core::machine::TokenManager
 
-mod fetcher;
-mod http;
-mod identity;
 mod provider;
 #[cfg(feature = "redis")]
 pub mod redis_sync;
 mod watch;
 
-pub use fetcher::Fetcher;
-pub use http::HttpConfig;
-pub use identity::IdentityFetcher;
-pub use provider::{Provider, ProviderBuilder, Startup, StartupError, Subscription};
+pub use provider::{Provider, ProviderBuilder, Subscription};
+pub use redis_entraid_blocking_io::{Fetcher, HttpConfig, IdentityFetcher};
+pub use redis_entraid_core::startup::{Startup, StartupError};

@@ -1,133 +1,44 @@
 //! The provider: one driver thread running the core's machine, and cheap cloneable handles
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use redis_entraid_blocking_io::{Fetcher, HttpConfig, IdentityFetcher};
+use redis_entraid_core::command::{Command, Signals, COMMAND_CAPACITY};
 use redis_entraid_core::config::Config;
-use redis_entraid_core::error::{ConfigError, FetchError, ReauthError, TransportError};
-use redis_entraid_core::event::{Action, Event, Generation, RequestId, Status};
+use redis_entraid_core::error::{FetchError, ReauthError, TransportError};
+use redis_entraid_core::event::{Action, Event, Generation, RequestId, Severity, Status};
 use redis_entraid_core::identity::chain::DefaultChain;
 use redis_entraid_core::identity::TokenSource;
 use redis_entraid_core::machine::TokenManager;
+use redis_entraid_core::startup::{Startup, StartupError};
 use redis_entraid_core::token::{Credentials, TokenResponse};
 
-use crate::fetcher::Fetcher;
-use crate::http::HttpConfig;
-use crate::identity::IdentityFetcher;
 use crate::watch::Shared;
 
-/// What `build` waits for before it returns
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Startup {
-    /// Wait up to this long for the first token, through retries; fail with the last error
-    /// if none arrives in time
-    Wait(Duration),
-    /// Return at once; the first token arrives in the background
-    Lazy,
-    /// Wait for the first answer and fail on the first error, however retryable
-    FailFast,
-}
-
-impl Default for Startup {
-    fn default() -> Self {
-        Startup::Wait(Duration::from_secs(30))
-    }
-}
-
-/// Why a provider could not start
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StartupError {
-    /// No token within the startup wait
-    #[error("no token within {waited:?} of starting{}", last_error.as_ref().map(|e| format!("; last error: {e}")).unwrap_or_default())]
-    TimedOut {
-        /// How long it waited
-        waited: Duration,
-        /// The last fetch error, if any
-        last_error: Option<FetchError>,
-    },
-    /// The first fetch failed (fail-fast startup)
-    #[error("the first token request failed: {0}")]
-    FetchFailed(FetchError),
-    /// The driver thread could not be started
-    #[error("could not start the redis-entraid driver thread: {0}")]
-    Spawn(#[source] std::io::Error),
-    /// The HTTP client could not be set up (an unreadable CA file, `SSL_CERT_FILE` included)
-    #[error("could not set up HTTP for identity requests: {0}")]
-    Http(TransportError),
-    /// The identity configuration in the environment is invalid (e.g. an unknown
-    /// `AZURE_TOKEN_CREDENTIALS` value), refused before any request, as the Azure SDKs do
-    #[error("the identity configuration in the environment is invalid: {0}")]
-    Config(ConfigError),
-}
-
-/// How many commands may wait for the driver; beyond that, [`deliver`] coalesces or drops
-/// (see [`Provider::refresh_now`] and [`Provider::report_reauth`]) instead of queueing without
-/// limit
-const COMMAND_CAPACITY: usize = 64;
-
-/// Requests that are flags rather than queue entries, so they coalesce and a full queue can
-/// never lose them: the driver reads both after every wake-up
-#[derive(Debug, Default)]
-struct Signals {
-    refresh: AtomicBool,
-    shutdown: AtomicBool,
-}
-
-/// Hands `command` to the driver without ever waiting: a refresh request sets the refresh
-/// flag (queueing a wake-up only if none is pending), a shutdown sets the shutdown flag, and a
-/// re-authentication report is queued if there is room, else dropped (a dropped rejection still
-/// sets the refresh flag, so the fresh token it asks for is not lost)
-fn deliver(signals: &Signals, commands: &SyncSender<Command>, command: Command) {
-    match command {
-        Command::RefreshNow => {
-            if !signals.refresh.swap(true, Ordering::SeqCst) {
-                // Full: the driver wakes for what is queued and reads the flag then.
-                let _ = commands.try_send(Command::RefreshNow);
-            }
-        }
-        Command::Shutdown => {
-            signals.shutdown.store(true, Ordering::SeqCst);
-            let _ = commands.try_send(Command::Shutdown);
-        }
-        Command::Reauth { generation, result } => {
-            let rejected = matches!(&result, Err(e) if e.is_credential_rejection());
-            if let Err(TrySendError::Full(_)) =
-                commands.try_send(Command::Reauth { generation, result })
-            {
-                tracing::debug!(
-                    generation = generation.0,
-                    "the driver's command queue is full; a re-authentication report was dropped"
-                );
-                if rejected {
-                    signals.refresh.store(true, Ordering::SeqCst);
-                }
-            }
-        }
-        // Fetch threads wait for room instead (see `spawn_fetch`): an answer is never dropped.
-        fetched @ Command::Fetched { .. } => {
-            let _ = commands.send(fetched);
-        }
-    }
-}
-
-enum Command {
+/// What reaches the driver: a handle's command, or a fetch thread's answer
+enum Input {
+    Command(Command),
     Fetched {
         id: RequestId,
         result: Result<TokenResponse, FetchError>,
         wall: SystemTime,
     },
-    RefreshNow,
-    Reauth {
-        generation: Generation,
-        result: Result<(), ReauthError>,
-    },
-    Shutdown,
+}
+
+/// Hands `command` to the driver without ever waiting (the policy when the queue is full is
+/// the core's: see [`Signals`])
+fn deliver(signals: &Signals, inputs: &SyncSender<Input>, command: Command) {
+    if let Some(command) = signals.admit(command) {
+        if let Err(TrySendError::Full(Input::Command(command))) =
+            inputs.try_send(Input::Command(command))
+        {
+            signals.overflowed(&command);
+        }
+    }
 }
 
 /// Builds a [`Provider`]
@@ -215,7 +126,7 @@ impl ProviderBuilder {
             machine: TokenManager::new(seeded(self.config.clone()), Instant::now()),
             source: Arc::new(source),
             shared: Arc::clone(&shared),
-            commands: rx,
+            inputs: rx,
             loopback: tx.clone(),
         };
         let thread = std::thread::Builder::new()
@@ -232,46 +143,20 @@ impl ProviderBuilder {
                 event_capacity: self.event_capacity.unwrap_or(256),
             }),
         };
-        match self.startup {
-            Startup::Lazy => Ok(provider),
-            Startup::Wait(waited) => {
-                let got = provider
-                    .inner
-                    .shared
-                    .wait_until(Some(waited), |s| s.latest.as_ref().map(|_| ()));
-                match got {
-                    Some(()) => Ok(provider),
-                    None => Err(StartupError::TimedOut {
-                        waited,
-                        last_error: provider.inner.shared.lock().last_error.clone(),
-                    }),
-                }
-            }
-            Startup::FailFast => {
-                let outcome = provider.inner.shared.wait_until(None, |s| {
-                    if s.latest.is_some() {
-                        Some(Ok(()))
-                    } else if s.failures_before_first_token > 0 || s.stopped {
-                        Some(Err(s.last_error.clone()))
-                    } else {
-                        None
-                    }
-                });
-                match outcome {
-                    Some(Ok(())) => Ok(provider),
-                    Some(Err(Some(e))) => Err(StartupError::FetchFailed(e)),
-                    _ => Err(StartupError::FetchFailed(FetchError::from(
-                        TransportError::permanent("the driver stopped before the first token"),
-                    ))),
-                }
-            }
+        let startup = self.startup;
+        let shared = &provider.inner.shared;
+        match shared.wait_until(startup.wait_limit(), |o| startup.verdict(o)) {
+            Some(Ok(())) => Ok(provider),
+            // Dropping the provider shuts the driver down.
+            Some(Err(e)) => Err(e),
+            None => Err(startup.timed_out(&shared.lock())),
         }
     }
 }
 
 struct Inner {
     shared: Arc<Shared>,
-    commands: SyncSender<Command>,
+    commands: SyncSender<Input>,
     signals: Arc<Signals>,
     thread: Option<JoinHandle<()>>,
     config: Config,
@@ -323,35 +208,31 @@ impl Provider {
     /// The latest credentials, if a token has arrived (check [`status`](Self::status) for
     /// whether they expired)
     pub fn credentials(&self) -> Option<Credentials> {
-        self.inner
-            .shared
-            .lock()
-            .latest
-            .as_ref()
-            .map(|(_, c)| c.clone())
+        self.inner.shared.lock().latest().map(|(_, c)| c.clone())
     }
 
     /// The latest credentials and their generation
     pub fn current(&self) -> Option<(Generation, Credentials)> {
-        self.inner.shared.lock().latest.clone()
+        self.inner.shared.lock().latest().cloned()
     }
 
-    /// Waits up to `timeout` for credentials newer than `generation` (any, for `None`)
+    /// How long ago the latest credentials arrived
+    pub fn credentials_age(&self) -> Option<Duration> {
+        let received = self.inner.shared.lock().received()?;
+        Some(received.elapsed())
+    }
+
+    /// Waits up to `timeout` for credentials newer than `generation` (any, for `None`);
+    /// `None` when none arrive in time or the provider has stopped
     pub fn wait_newer(
         &self,
         generation: Option<Generation>,
         timeout: Duration,
     ) -> Option<(Generation, Credentials)> {
-        self.inner.shared.wait_until(Some(timeout), |s| {
-            if s.stopped {
-                return s.latest.clone();
-            }
-            match (&s.latest, generation) {
-                (Some((g, c)), Some(seen)) if *g > seen => Some((*g, c.clone())),
-                (Some((g, c)), None) => Some((*g, c.clone())),
-                _ => None,
-            }
-        })
+        self.inner
+            .shared
+            .wait_until(Some(timeout), |o| o.newer_or_stopped(generation))
+            .flatten()
     }
 
     /// A latest-value view of the credentials: never queues, never back-pressures the driver
@@ -371,17 +252,20 @@ impl Provider {
 
     /// Events dropped because a subscriber's queue was full
     pub fn dropped_events(&self) -> u64 {
-        self.inner.shared.dropped_events.load(Ordering::Relaxed)
+        self.inner
+            .shared
+            .dropped_events
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Where the machine stands
     pub fn status(&self) -> Status {
-        self.inner.shared.lock().status
+        self.inner.shared.lock().status()
     }
 
     /// The last fetch error since the last success, if any
     pub fn last_error(&self) -> Option<FetchError> {
-        self.inner.shared.lock().last_error.clone()
+        self.inner.shared.lock().last_error().cloned()
     }
 
     /// The configuration
@@ -422,7 +306,9 @@ impl Provider {
         deliver(&self.inner.signals, &self.inner.commands, Command::Shutdown);
         self.inner
             .shared
-            .wait_until(Some(Duration::from_secs(5)), |s| s.stopped.then_some(()));
+            .wait_until(Some(Duration::from_secs(5)), |o| {
+                o.is_stopped().then_some(())
+            });
     }
 }
 
@@ -434,22 +320,36 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// Credentials newer than the last ones this subscription returned, if any
+    /// Credentials newer than the last ones this subscription returned, if any, without
+    /// waiting
     pub fn next_if_changed(&mut self) -> Option<(Generation, Credentials)> {
-        let (generation, credentials) = self.provider.current()?;
-        if self.seen.is_some_and(|seen| seen >= generation) {
-            return None;
-        }
-        self.seen = Some(generation);
-        Some((generation, credentials))
+        let newer = self.provider.inner.shared.lock().newer_than(self.seen);
+        self.seen_now(newer)
     }
 
-    /// Waits up to `timeout` for newer credentials
+    /// Waits for credentials newer than the last ones returned; `None` once the provider has
+    /// stopped
+    pub fn changed(&mut self) -> Option<(Generation, Credentials)> {
+        let newer = self
+            .provider
+            .inner
+            .shared
+            .wait_until(None, |o| o.newer_or_stopped(self.seen))
+            .flatten();
+        self.seen_now(newer)
+    }
+
+    /// Like [`changed`](Self::changed), giving up after `timeout`
     pub fn wait_changed(&mut self, timeout: Duration) -> Option<(Generation, Credentials)> {
-        let (generation, credentials) = self.provider.wait_newer(self.seen, timeout)?;
-        if self.seen.is_some_and(|seen| seen >= generation) {
-            return None;
-        }
+        let newer = self.provider.wait_newer(self.seen, timeout);
+        self.seen_now(newer)
+    }
+
+    fn seen_now(
+        &mut self,
+        newer: Option<(Generation, Credentials)>,
+    ) -> Option<(Generation, Credentials)> {
+        let (generation, credentials) = newer?;
         self.seen = Some(generation);
         Some((generation, credentials))
     }
@@ -459,8 +359,8 @@ struct Driver {
     machine: TokenManager,
     source: Arc<dyn Fetcher>,
     shared: Arc<Shared>,
-    commands: Receiver<Command>,
-    loopback: SyncSender<Command>,
+    inputs: Receiver<Input>,
+    loopback: SyncSender<Input>,
     signals: Arc<Signals>,
 }
 
@@ -468,34 +368,25 @@ impl Driver {
     fn run(mut self) {
         loop {
             let until = self.drain();
-            if self.shared.lock().stopped {
+            if self.shared.lock().is_stopped() {
                 return;
             }
             let received = match until {
                 Some(until) => self
-                    .commands
+                    .inputs
                     .recv_timeout(until.saturating_duration_since(Instant::now())),
                 None => self
-                    .commands
+                    .inputs
                     .recv()
                     .map_err(|_| RecvTimeoutError::Disconnected),
             };
             let now = Instant::now();
             // The flags first: a request whose wake-up did not fit in the queue is seen here.
-            if self.signals.shutdown.load(Ordering::SeqCst) {
-                self.machine.shutdown(now);
-            }
-            if self.signals.refresh.swap(false, Ordering::SeqCst) {
-                self.machine.refresh_now(now);
-            }
+            self.signals.apply(&mut self.machine, now);
             match received {
-                Ok(Command::Fetched { id, result, wall }) => {
+                Ok(Input::Command(command)) => self.machine.handle_command(command, now),
+                Ok(Input::Fetched { id, result, wall }) => {
                     self.machine.handle_response(id, result, wall, now);
-                }
-                // Wake-ups only: their flags were read above.
-                Ok(Command::RefreshNow | Command::Shutdown) => {}
-                Ok(Command::Reauth { generation, result }) => {
-                    self.machine.handle_reauth_result(generation, result, now);
                 }
                 Err(RecvTimeoutError::Disconnected) => self.machine.shutdown(now),
                 Err(RecvTimeoutError::Timeout) => self.machine.handle_timeout(now),
@@ -505,12 +396,12 @@ impl Driver {
 
     fn drain(&mut self) -> Option<Instant> {
         loop {
-            match self.machine.poll_action() {
-                Action::Wait { until } => {
-                    let status = self.machine.status();
-                    self.shared.update(|s| s.status = status);
-                    return until;
-                }
+            let action = self.machine.poll_action();
+            let now = Instant::now();
+            let status = self.machine.status();
+            self.shared.update(|o| o.apply(&action, status, now));
+            match action {
+                Action::Wait { until } => return until,
                 Action::FetchToken {
                     id,
                     attempt,
@@ -518,97 +409,18 @@ impl Driver {
                 } => {
                     if let Err(error) = self.spawn_fetch(id, attempt, deadline) {
                         // Answered here: sending to its own full queue would block the driver.
-                        let now = Instant::now();
                         self.machine
                             .handle_response(id, Err(error), SystemTime::now(), now);
                     }
                 }
-                Action::Reauthenticate {
-                    credentials,
-                    generation,
-                } => {
-                    tracing::info!(
-                        generation = generation.0,
-                        username = credentials.username(),
-                        "new credentials"
-                    );
-                    let status = self.machine.status();
-                    self.shared.update(|s| {
-                        s.latest = Some((generation, credentials));
-                        s.last_error = None;
-                        s.status = status;
-                    });
+                // Connections read the new credentials from the shared state.
+                Action::Reauthenticate { .. } => {}
+                Action::Event(event) => {
+                    log_event(&event, now);
+                    self.shared.publish_event(&event);
                 }
-                Action::Event(event) => self.on_event(event),
             }
         }
-    }
-
-    fn on_event(&mut self, event: Event) {
-        match &event {
-            Event::FetchFailed {
-                attempt,
-                error,
-                next_attempt_at,
-                ..
-            } => {
-                tracing::warn!(
-                    attempt,
-                    retry_in_ms = next_attempt_at
-                        .saturating_duration_since(Instant::now())
-                        .as_millis() as u64,
-                    "token request failed: {error}"
-                );
-                let error = error.clone();
-                self.shared.update(|s| {
-                    if s.latest.is_none() {
-                        s.failures_before_first_token += 1;
-                    }
-                    s.last_error = Some(error);
-                });
-            }
-            Event::RetriesExhausted {
-                attempts,
-                last_error,
-            } => {
-                tracing::error!(
-                    attempts,
-                    "token refresh keeps failing, still retrying: {last_error}"
-                );
-            }
-            Event::Expired { generation } => {
-                tracing::error!(
-                    generation = generation.0,
-                    "token expired before a replacement arrived"
-                );
-            }
-            Event::ReauthFailed { generation, error } => {
-                tracing::warn!(
-                    generation = generation.0,
-                    "re-authentication failed: {error}"
-                );
-            }
-            Event::ClockSkew {
-                host_ahead,
-                by,
-                evidence,
-            } => {
-                tracing::warn!(
-                    host_ahead,
-                    by_s = by.as_secs(),
-                    ?evidence,
-                    "the host clock disagrees with the identity provider's; fix its time sync"
-                );
-            }
-            Event::Stopped => {
-                self.shared.update(|s| {
-                    s.stopped = true;
-                    s.status = Status::Stopped;
-                });
-            }
-            _ => tracing::debug!(?event, "token event"),
-        }
-        self.shared.publish_event(&event);
     }
 
     fn spawn_fetch(
@@ -635,7 +447,7 @@ impl Driver {
                 // (dropping it after the send raced with that, seen as a flaky test).
                 drop(source);
                 // Waits for room in the queue: the driver always drains it.
-                let _ = reply.send(Command::Fetched {
+                let _ = reply.send(Input::Fetched {
                     id,
                     result,
                     wall: SystemTime::now(),
@@ -646,6 +458,17 @@ impl Driver {
                 .with_source(e)
                 .into()
         })
+    }
+}
+
+/// Logs `event` at its severity (the line is the core's, the same in every runtime)
+fn log_event(event: &Event, now: Instant) {
+    let line = event.describe(now);
+    match event.severity() {
+        Severity::Debug => tracing::debug!("{line}"),
+        Severity::Info => tracing::info!("{line}"),
+        Severity::Warn => tracing::warn!("{line}"),
+        Severity::Error => tracing::error!("{line}"),
     }
 }
 

@@ -9,23 +9,13 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use redis_entraid_core::error::FetchError;
-use redis_entraid_core::event::{Event, Generation, Status};
-use redis_entraid_core::token::Credentials;
-
-#[derive(Debug)]
-pub(crate) struct State {
-    pub(crate) latest: Option<(Generation, Credentials)>,
-    pub(crate) status: Status,
-    pub(crate) last_error: Option<FetchError>,
-    pub(crate) failures_before_first_token: u32,
-    pub(crate) stopped: bool,
-}
+use redis_entraid_core::event::Event;
+use redis_entraid_core::observed::Observed;
 
 /// Shared between the driver thread and every handle
 #[derive(Debug)]
 pub(crate) struct Shared {
-    state: Mutex<State>,
+    state: Mutex<Observed>,
     changed: Condvar,
     subscribers: Mutex<Vec<SyncSender<Event>>>,
     pub(crate) dropped_events: AtomicU64,
@@ -34,35 +24,30 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new() -> Self {
         Self {
-            state: Mutex::new(State {
-                latest: None,
-                status: Status::Starting { failures: 0 },
-                last_error: None,
-                failures_before_first_token: 0,
-                stopped: false,
-            }),
+            state: Mutex::new(Observed::default()),
             changed: Condvar::new(),
             subscribers: Mutex::new(Vec::new()),
             dropped_events: AtomicU64::new(0),
         }
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Observed> {
         // A panic while holding this lock cannot leave the state half-written (every update
         // is a single assignment), so a poisoned lock is still safe to use.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn update(&self, f: impl FnOnce(&mut State)) {
-        f(&mut self.lock());
-        self.changed.notify_all();
+    pub(crate) fn update(&self, f: impl FnOnce(&mut Observed) -> bool) {
+        if f(&mut self.lock()) {
+            self.changed.notify_all();
+        }
     }
 
     /// Waits until `ready` holds or `timeout` passes; returns the final state check
     pub(crate) fn wait_until<T>(
         &self,
         timeout: Option<Duration>,
-        mut ready: impl FnMut(&State) -> Option<T>,
+        mut ready: impl FnMut(&Observed) -> Option<T>,
     ) -> Option<T> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut state = self.lock();

@@ -161,7 +161,7 @@ mod tests {
     async fn extreme_refresh_intervals_are_clamped_not_a_panic() {
         let provider = Provider::builder()
             .startup(crate::Startup::Lazy)
-            .build(|_t: Duration| async {
+            .build_with_fetcher(|_t: Duration| async {
                 Ok(TokenResponse::new(AccessToken::new("e30.e30.c2ln")).with_expires_in(3600))
             })
             .await

@@ -20,7 +20,7 @@
 //! use std::time::Duration;
 //!
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let provider = Provider::from_env(Startup::Wait(Duration::from_secs(30))).await?;
+//! let provider = Provider::builder().startup(Startup::Wait(Duration::from_secs(30))).build_from_env().await?;
 //! let credentials = provider.credentials();
 //! # Ok(()) }
 //! ```
@@ -34,5 +34,7 @@ pub mod redis_async;
 mod source;
 
 pub use http::AsyncHttpClient;
-pub use provider::{BoxFuture, Provider, ProviderBuilder, Startup, StartupError, Subscription};
-pub use source::{default_chain_from_env, DefaultClient, Identity, TokenSource};
+pub use provider::{BoxFuture, Provider, ProviderBuilder, Subscription};
+pub use redis_entraid_core::identity;
+pub use redis_entraid_core::startup::{Startup, StartupError};
+pub use source::{default_chain_from_env, DefaultClient, Fetcher, Identity};

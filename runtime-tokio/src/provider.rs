@@ -2,139 +2,40 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+pub(crate) use redis_entraid_core::command::Command;
+use redis_entraid_core::command::{Signals, COMMAND_CAPACITY};
 use redis_entraid_core::config::Config;
-use redis_entraid_core::error::{ConfigError, FetchError, ReauthError, TransportError};
-use redis_entraid_core::event::{Action, Event, Generation, RequestId, Status};
+use redis_entraid_core::error::{FetchError, ReauthError};
+use redis_entraid_core::event::{Action, Event, Generation, RequestId, Severity, Status};
 use redis_entraid_core::machine::TokenManager;
+use redis_entraid_core::observed::Observed;
+use redis_entraid_core::startup::{Startup, StartupError};
 use redis_entraid_core::token::{Credentials, TokenResponse};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::source::TokenSource;
+use crate::source::Fetcher;
 
 /// The driver's clock: tokio's, so paused-time tests run hours of token lifetimes at once
 pub(crate) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
-/// What `build` waits for before it returns
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Startup {
-    /// Wait up to this long for the first token, through retries; fail with the last error
-    /// if none arrives in time
-    Wait(Duration),
-    /// Return at once; the first token arrives in the background
-    Lazy,
-    /// Wait for the first answer and fail on the first error, however retryable
-    FailFast,
-}
+/// What every handle reads, published by the driver on a `watch` channel
+pub(crate) type Snapshot = Observed;
 
-impl Default for Startup {
-    fn default() -> Self {
-        Startup::Wait(Duration::from_secs(30))
-    }
-}
-
-/// Why a provider could not start
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StartupError {
-    /// No token within the startup wait
-    #[error("no token within {waited:?} of starting{}", last_error.as_ref().map(|e| format!("; last error: {e}")).unwrap_or_default())]
-    TimedOut {
-        /// How long it waited
-        waited: Duration,
-        /// The last fetch error, if any
-        last_error: Option<FetchError>,
-    },
-    /// The first fetch failed (fail-fast startup)
-    #[error("the first token request failed: {0}")]
-    FetchFailed(FetchError),
-    /// The default HTTP client could not be built (e.g. an unreadable `SSL_CERT_FILE`)
-    #[error("cannot build the HTTP client: {0}")]
-    Client(TransportError),
-    /// The identity configuration in the environment is invalid (e.g. an unknown
-    /// `AZURE_TOKEN_CREDENTIALS` value), refused before any request, as the Azure SDKs do
-    #[error("the identity configuration in the environment is invalid: {0}")]
-    Config(ConfigError),
-    /// `build` was called outside a tokio runtime
-    #[error("redis-entraid-tokio needs a tokio runtime: call build() from within one")]
-    NoRuntime,
-}
-
-/// The state every handle can read, published by the driver on a `watch` channel
-#[derive(Clone, Debug)]
-pub(crate) struct Snapshot {
-    pub(crate) latest: Option<(Generation, Credentials)>,
-    /// When `latest` arrived (the driver's clock)
-    pub(crate) received: Option<Instant>,
-    /// When `latest` expires (the driver's clock)
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) expires_at: Option<Instant>,
-    pub(crate) status: Status,
-    pub(crate) last_error: Option<FetchError>,
-    pub(crate) failures_before_first_token: u32,
-    pub(crate) stopped: bool,
-}
-
-/// How many commands may wait for the driver; beyond that, [`deliver`] coalesces or drops
-/// (see [`Provider::refresh_now`] and [`Provider::report_reauth`]) instead of queueing without
-/// limit
-pub(crate) const COMMAND_CAPACITY: usize = 64;
-
-/// Requests that are flags rather than queue entries, so they coalesce and a full queue can
-/// never lose them: the driver reads both after every wake-up
-#[derive(Debug, Default)]
-pub(crate) struct Signals {
-    refresh: AtomicBool,
-    shutdown: AtomicBool,
-}
-
-/// Hands `command` to the driver without ever waiting: a refresh request sets the refresh
-/// flag (queueing a wake-up only if none is pending), a shutdown sets the shutdown flag, and a
-/// re-authentication report is queued if there is room, else dropped (a dropped rejection still
-/// sets the refresh flag, so the fresh token it asks for is not lost)
+/// Hands `command` to the driver without ever waiting (the policy when the queue is full is
+/// the core's: see [`Signals`])
 pub(crate) fn deliver(signals: &Signals, commands: &mpsc::Sender<Command>, command: Command) {
-    match command {
-        Command::RefreshNow => {
-            if !signals.refresh.swap(true, Ordering::SeqCst) {
-                // Full: the driver wakes for what is queued and reads the flag then.
-                let _ = commands.try_send(Command::RefreshNow);
-            }
-        }
-        Command::Shutdown => {
-            signals.shutdown.store(true, Ordering::SeqCst);
-            let _ = commands.try_send(Command::Shutdown);
-        }
-        Command::Reauth { generation, result } => {
-            let rejected = matches!(&result, Err(e) if e.is_credential_rejection());
-            if let Err(mpsc::error::TrySendError::Full(_)) =
-                commands.try_send(Command::Reauth { generation, result })
-            {
-                tracing::debug!(
-                    generation = generation.0,
-                    "the driver's command queue is full; a re-authentication report was dropped"
-                );
-                if rejected {
-                    signals.refresh.store(true, Ordering::SeqCst);
-                }
-            }
+    if let Some(command) = signals.admit(command) {
+        if let Err(mpsc::error::TrySendError::Full(command)) = commands.try_send(command) {
+            signals.overflowed(&command);
         }
     }
-}
-
-pub(crate) enum Command {
-    RefreshNow,
-    Reauth {
-        generation: Generation,
-        result: Result<(), ReauthError>,
-    },
-    Shutdown,
 }
 
 /// Builds a [`Provider`]
@@ -166,10 +67,54 @@ impl ProviderBuilder {
         self
     }
 
-    /// Spawns the driver task and applies the startup policy
+    /// Starts a provider that gets its tokens through `source`, any Entra ID identity flow,
+    /// over the default reqwest client: spawns the driver task, then applies the startup policy
+    ///
+    /// ```no_run
+    /// use redis_entraid_tokio::Provider;
+    /// use redis_entraid_tokio::identity::imds::Imds;
+    /// use redis_entraid_tokio::identity::managed::{ManagedIdentity, ManagedIdentityId};
+    /// use redis_entraid_tokio::identity::TokenSource;
+    ///
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let identity = ManagedIdentity::Imds(Imds::new(ManagedIdentityId::SystemAssigned));
+    /// let provider = Provider::builder().build(TokenSource::ManagedIdentity(identity)).await?;
+    /// let credentials = provider.credentials().expect("the default startup waits for a token");
+    /// println!("AUTH as {}", credentials.username());
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
-    /// [`StartupError::NoRuntime`] outside a tokio runtime; [`StartupError::TimedOut`] or
+    /// [`StartupError::Http`] when the HTTP client cannot be set up, [`StartupError::Spawn`]
+    /// outside a tokio runtime, [`StartupError::TimedOut`] or [`StartupError::FetchFailed`]
+    /// when the startup policy is not met (the driver is then shut down).
+    #[cfg(feature = "reqwest")]
+    pub async fn build(
+        self,
+        source: redis_entraid_core::identity::TokenSource,
+    ) -> Result<Provider, StartupError> {
+        let identity = crate::source::Identity::new(source).map_err(StartupError::Http)?;
+        self.build_with_fetcher(identity).await
+    }
+
+    /// Starts a provider on the default chain, configured from the process environment
+    /// (the variables Azure SDKs use: `AZURE_CLIENT_ID`, `AZURE_TENANT_ID`,
+    /// `AZURE_CLIENT_SECRET`, `AZURE_FEDERATED_TOKEN_FILE`, `IDENTITY_ENDPOINT`, ...)
+    ///
+    /// # Errors
+    /// [`StartupError::Config`] for an invalid configuration (an unknown
+    /// `AZURE_TOKEN_CREDENTIALS`), otherwise as [`build`](Self::build); when no identity works,
+    /// the error lists what each step of the chain tried and why it failed.
+    #[cfg(feature = "reqwest")]
+    pub async fn build_from_env(self) -> Result<Provider, StartupError> {
+        let source = crate::source::default_chain_from_env().map_err(StartupError::Config)?;
+        self.build(source).await
+    }
+
+    /// Spawns the driver task around any [`Fetcher`] and applies the startup policy
+    ///
+    /// # Errors
+    /// [`StartupError::Spawn`] outside a tokio runtime; [`StartupError::TimedOut`] or
     /// [`StartupError::FetchFailed`] when the startup policy is not met (the driver is then
     /// shut down).
     ///
@@ -181,10 +126,10 @@ impl ProviderBuilder {
     ///
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// // Any async closure `Fn(Duration) -> impl Future<Output = Result<TokenResponse, FetchError>>`
-    /// // is a token source; real applications use `Identity` or `Provider::from_env`.
+    /// // is a fetcher; real applications use `build(source)` or `Provider::from_env`.
     /// let provider = Provider::builder()
     ///     .startup(Startup::Wait(Duration::from_secs(5)))
-    ///     .build(|_timeout: Duration| async {
+    ///     .build_with_fetcher(|_timeout: Duration| async {
     ///         // header.{"oid":"me"}.signature
     ///         Ok(TokenResponse::new(AccessToken::new("e30.eyJvaWQiOiJtZSJ9.c2ln")).with_expires_in(3600))
     ///     })
@@ -192,26 +137,25 @@ impl ProviderBuilder {
     /// assert_eq!(provider.credentials().map(|c| c.username().to_owned()).as_deref(), Some("me"));
     /// # Ok(()) }
     /// ```
-    pub async fn build(self, source: impl TokenSource) -> Result<Provider, StartupError> {
-        let handle = tokio::runtime::Handle::try_current().map_err(|_| StartupError::NoRuntime)?;
-        let (state_tx, state_rx) = watch::channel(Snapshot {
-            latest: None,
-            received: None,
-            expires_at: None,
-            status: Status::Starting { failures: 0 },
-            last_error: None,
-            failures_before_first_token: 0,
-            stopped: false,
-        });
+    pub async fn build_with_fetcher(self, source: impl Fetcher) -> Result<Provider, StartupError> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+            StartupError::Spawn(std::io::Error::other(
+                "redis-entraid-tokio needs a tokio runtime: call build() from within one",
+            ))
+        })?;
+        let (state_tx, state_rx) = watch::channel(Observed::default());
         let capacity = self.event_capacity.unwrap_or(256).max(1);
         let (events, _) = broadcast::channel(capacity);
         let (commands, commands_rx) = mpsc::channel(COMMAND_CAPACITY);
         let signals = Arc::new(Signals::default());
+        let dropped_events = Arc::new(AtomicU64::new(0));
         let driver = Driver {
             machine: TokenManager::new(seeded(self.config.clone()), now()),
             source: Arc::new(source),
             state: state_tx,
             events: events.clone(),
+            event_capacity: capacity,
+            dropped_events: Arc::clone(&dropped_events),
             commands: commands_rx,
             signals: Arc::clone(&signals),
             fetch: None,
@@ -223,49 +167,31 @@ impl ProviderBuilder {
                 commands,
                 signals,
                 events,
+                dropped_events,
                 config: self.config,
                 task,
-                reported: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+                reported: Arc::new(AtomicU64::new(0)),
                 #[cfg(feature = "redis")]
                 fan_out: Arc::default(),
             }),
         };
+        let startup = self.startup;
         let mut state = provider.inner.state.clone();
-        match self.startup {
-            Startup::Lazy => Ok(provider),
-            Startup::Wait(waited) => {
-                let got = tokio::time::timeout(
-                    waited,
-                    state.wait_for(|s| s.latest.is_some() || s.stopped),
-                )
-                .await;
-                match got {
-                    Ok(Ok(s)) if s.latest.is_some() => {
-                        drop(s);
-                        Ok(provider)
-                    }
-                    _ => Err(StartupError::TimedOut {
-                        waited,
-                        last_error: provider.last_error(),
-                    }),
-                }
-            }
-            Startup::FailFast => {
-                let outcome = state
-                    .wait_for(|s| {
-                        s.latest.is_some() || s.failures_before_first_token > 0 || s.stopped
-                    })
-                    .await
-                    .map(|s| (s.latest.is_some(), s.last_error.clone()));
-                match outcome {
-                    Ok((true, _)) => Ok(provider),
-                    Ok((false, Some(e))) => Err(StartupError::FetchFailed(e)),
-                    _ => Err(StartupError::FetchFailed(FetchError::from(
-                        TransportError::permanent("the driver stopped before the first token"),
-                    ))),
-                }
-            }
-        }
+        let verdict = state.wait_for(|o| startup.verdict(o).is_some());
+        let verdict = match startup.wait_limit() {
+            Some(limit) => tokio::time::timeout(limit, verdict).await.ok(),
+            None => Some(verdict.await),
+        };
+        let outcome = match verdict {
+            Some(Ok(observed)) => startup.verdict(&observed).unwrap_or(Ok(())),
+            // The driver is gone (it only drops its sender when it ends).
+            Some(Err(_)) => startup
+                .verdict(&provider.inner.state.borrow())
+                .unwrap_or(Ok(())),
+            None => Err(startup.timed_out(&provider.inner.state.borrow())),
+        };
+        // Dropping the provider on an error shuts the driver down.
+        outcome.map(|()| provider)
     }
 }
 
@@ -274,10 +200,11 @@ struct Inner {
     commands: mpsc::Sender<Command>,
     signals: Arc<Signals>,
     events: broadcast::Sender<Event>,
+    dropped_events: Arc<AtomicU64>,
     config: Config,
     #[allow(dead_code)]
     task: JoinHandle<()>,
-    reported: Arc<std::sync::atomic::AtomicU64>,
+    reported: Arc<AtomicU64>,
     #[cfg(feature = "redis")]
     fan_out: Arc<redis_entraid_core::fan_out::FanOutLog>,
 }
@@ -316,46 +243,34 @@ impl Provider {
 
     /// A provider over the default chain configured from this process's environment
     /// variables (environment service principal, workload identity, managed identity, Azure
-    /// CLI, azd), with the default configuration and the reqwest client
+    /// CLI, azd), with the default configuration and startup policy and the reqwest client
     ///
     /// # Errors
-    /// [`StartupError::Config`] for an invalid configuration (an unknown
-    /// `AZURE_TOKEN_CREDENTIALS`), [`StartupError::Client`] when the HTTP client cannot be
-    /// built, otherwise as
-    /// [`ProviderBuilder::build`].
+    /// As [`ProviderBuilder::build_from_env`].
     #[cfg(feature = "reqwest")]
-    pub async fn from_env(startup: Startup) -> Result<Provider, StartupError> {
-        let identity = crate::source::Identity::from_env()?;
-        Provider::builder().startup(startup).build(identity).await
+    pub async fn from_env() -> Result<Provider, StartupError> {
+        Provider::builder().build_from_env().await
     }
 
     /// The latest credentials, if a token has arrived (check [`status`](Self::status) for
     /// whether they expired)
     pub fn credentials(&self) -> Option<Credentials> {
-        self.inner
-            .state
-            .borrow()
-            .latest
-            .as_ref()
-            .map(|(_, c)| c.clone())
+        self.inner.state.borrow().latest().map(|(_, c)| c.clone())
     }
 
     /// How long ago the latest credentials arrived
     pub fn credentials_age(&self) -> Option<Duration> {
-        self.inner
-            .state
-            .borrow()
-            .received
-            .map(|at| now().saturating_duration_since(at))
+        let received = self.inner.state.borrow().received()?;
+        Some(now().saturating_duration_since(received))
     }
 
     /// The latest credentials and their generation
     pub fn current(&self) -> Option<(Generation, Credentials)> {
-        self.inner.state.borrow().latest.clone()
+        self.inner.state.borrow().latest().cloned()
     }
 
     /// Waits up to `timeout` for credentials newer than `generation` (any, for `None`);
-    /// after a shutdown it returns the last credentials, if any, at once
+    /// `None` when none arrive in time or the provider has stopped
     pub async fn wait_newer(
         &self,
         generation: Option<Generation>,
@@ -364,18 +279,11 @@ impl Provider {
         let mut state = self.inner.state.clone();
         let waited = tokio::time::timeout(
             timeout,
-            state.wait_for(|s| {
-                s.stopped
-                    || match (&s.latest, generation) {
-                        (Some((g, _)), Some(seen)) => *g > seen,
-                        (Some(_), None) => true,
-                        _ => false,
-                    }
-            }),
+            state.wait_for(|o| o.newer_or_stopped(generation).is_some()),
         )
         .await;
         match waited {
-            Ok(Ok(s)) => s.latest.clone(),
+            Ok(Ok(o)) => o.newer_than(generation),
             _ => None,
         }
     }
@@ -395,14 +303,19 @@ impl Provider {
         self.inner.events.subscribe()
     }
 
+    /// Events lost because a subscriber's queue was full (each queue drops its oldest)
+    pub fn dropped_events(&self) -> u64 {
+        self.inner.dropped_events.load(Ordering::Relaxed)
+    }
+
     /// Where the machine stands
     pub fn status(&self) -> Status {
-        self.inner.state.borrow().status
+        self.inner.state.borrow().status()
     }
 
     /// The last fetch error since the last success, if any
     pub fn last_error(&self) -> Option<FetchError> {
-        self.inner.state.borrow().last_error.clone()
+        self.inner.state.borrow().last_error().cloned()
     }
 
     /// The configuration
@@ -444,7 +357,8 @@ impl Provider {
         // A flag, so even a full command queue cannot lose it.
         deliver(&self.inner.signals, &self.inner.commands, Command::Shutdown);
         let mut state = self.inner.state.clone();
-        let _ = tokio::time::timeout(Duration::from_secs(5), state.wait_for(|s| s.stopped)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), state.wait_for(Observed::is_stopped))
+            .await;
     }
 
     /// A handle that does not keep the driver alive (used by connection integrations)
@@ -480,7 +394,7 @@ pub(crate) struct WeakProvider {
     pub(crate) state: watch::Receiver<Snapshot>,
     commands: mpsc::WeakSender<Command>,
     signals: Arc<Signals>,
-    reported: Arc<std::sync::atomic::AtomicU64>,
+    reported: Arc<AtomicU64>,
     #[cfg(feature = "redis")]
     pub(crate) fan_out: Arc<redis_entraid_core::fan_out::FanOutLog>,
 }
@@ -488,7 +402,7 @@ pub(crate) struct WeakProvider {
 impl fmt::Debug for WeakProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WeakProvider")
-            .field("stopped", &self.state.borrow().stopped)
+            .field("stopped", &self.state.borrow().is_stopped())
             .finish_non_exhaustive()
     }
 }
@@ -521,7 +435,7 @@ impl Subscription {
     /// Credentials newer than the last ones this subscription returned, if any, without
     /// waiting
     pub fn next_if_changed(&mut self) -> Option<(Generation, Credentials)> {
-        let (generation, credentials) = self.state.borrow_and_update().latest.clone()?;
+        let (generation, credentials) = self.state.borrow_and_update().latest().cloned()?;
         if self.seen.is_some_and(|seen| seen >= generation) {
             return None;
         }
@@ -536,7 +450,7 @@ impl Subscription {
             if let Some(next) = self.next_if_changed() {
                 return Some(next);
             }
-            if self.state.borrow().stopped || self.state.changed().await.is_err() {
+            if self.state.borrow().is_stopped() || self.state.changed().await.is_err() {
                 return self.next_if_changed();
             }
         }
@@ -555,9 +469,11 @@ type FetchOutcome = (RequestId, Result<TokenResponse, FetchError>, SystemTime);
 
 struct Driver {
     machine: TokenManager,
-    source: Arc<dyn TokenSource>,
-    state: watch::Sender<Snapshot>,
+    source: Arc<dyn Fetcher>,
+    state: watch::Sender<Observed>,
     events: broadcast::Sender<Event>,
+    event_capacity: usize,
+    dropped_events: Arc<AtomicU64>,
     commands: mpsc::Receiver<Command>,
     signals: Arc<Signals>,
     fetch: Option<JoinHandle<FetchOutcome>>,
@@ -567,7 +483,7 @@ impl Driver {
     async fn run(mut self) {
         loop {
             let until = self.drain();
-            if self.state.borrow().stopped {
+            if self.state.borrow().is_stopped() {
                 break;
             }
             let sleep = async {
@@ -598,18 +514,9 @@ impl Driver {
             };
             let now = now();
             // The flags first: a request whose wake-up did not fit in the queue is seen here.
-            if self.signals.shutdown.load(Ordering::SeqCst) {
-                self.machine.shutdown(now);
-            }
-            if self.signals.refresh.swap(false, Ordering::SeqCst) {
-                self.machine.refresh_now(now);
-            }
+            self.signals.apply(&mut self.machine, now);
             match input {
-                // Wake-ups only: their flags were read above.
-                Input::Command(Some(Command::RefreshNow | Command::Shutdown)) => {}
-                Input::Command(Some(Command::Reauth { generation, result })) => {
-                    let _ = self.machine.handle_reauth_result(generation, result, now);
-                }
+                Input::Command(Some(command)) => self.machine.handle_command(command, now),
                 Input::Command(None) => self.machine.shutdown(now),
                 Input::Fetched(outcome) => {
                     self.fetch = None;
@@ -631,115 +538,31 @@ impl Driver {
 
     fn drain(&mut self) -> Option<Instant> {
         loop {
-            match self.machine.poll_action() {
-                Action::Wait { until } => {
-                    let status = self.machine.status();
-                    self.state.send_if_modified(|s| {
-                        let changed = s.status != status;
-                        s.status = status;
-                        changed
-                    });
-                    return until;
-                }
+            let action = self.machine.poll_action();
+            let now = now();
+            let status = self.machine.status();
+            self.state
+                .send_if_modified(|o| o.apply(&action, status, now));
+            match action {
+                Action::Wait { until } => return until,
                 Action::FetchToken {
                     id,
                     attempt,
                     deadline,
                 } => self.spawn_fetch(id, attempt, deadline),
-                Action::Reauthenticate {
-                    credentials,
-                    generation,
-                } => {
-                    tracing::info!(
-                        generation = generation.0,
-                        username = credentials.username(),
-                        "new credentials"
-                    );
-                    let status = self.machine.status();
-                    let expires_at = match status {
-                        Status::Valid { expires_at, .. } | Status::Retrying { expires_at, .. } => {
-                            Some(expires_at)
-                        }
-                        _ => None,
-                    };
-                    self.state.send_modify(|s| {
-                        s.latest = Some((generation, credentials));
-                        s.received = Some(now());
-                        s.expires_at = expires_at;
-                        s.last_error = None;
-                        s.status = status;
-                    });
-                }
-                Action::Event(event) => self.on_event(event),
-            }
-        }
-    }
-
-    fn on_event(&mut self, event: Event) {
-        match &event {
-            Event::FetchFailed {
-                attempt,
-                error,
-                next_attempt_at,
-                ..
-            } => {
-                tracing::warn!(
-                    attempt,
-                    retry_in_ms =
-                        next_attempt_at.saturating_duration_since(now()).as_millis() as u64,
-                    "token request failed: {error}"
-                );
-                let error = error.clone();
-                self.state.send_modify(|s| {
-                    if s.latest.is_none() {
-                        s.failures_before_first_token += 1;
+                // Connections read the new credentials from the watch channel.
+                Action::Reauthenticate { .. } => {}
+                Action::Event(event) => {
+                    log_event(&event, now);
+                    // A full queue makes its laggiest receiver lose its oldest event.
+                    if self.events.len() >= self.event_capacity {
+                        self.dropped_events.fetch_add(1, Ordering::Relaxed);
                     }
-                    s.last_error = Some(error);
-                });
+                    // No receiver is not an error.
+                    let _ = self.events.send(event);
+                }
             }
-            Event::RetriesExhausted {
-                attempts,
-                last_error,
-            } => {
-                tracing::error!(
-                    attempts,
-                    "token refresh keeps failing, still retrying: {last_error}"
-                );
-            }
-            Event::Expired { generation } => {
-                tracing::error!(
-                    generation = generation.0,
-                    "token expired before a replacement arrived"
-                );
-            }
-            Event::ReauthFailed { generation, error } => {
-                tracing::warn!(
-                    generation = generation.0,
-                    "re-authentication failed: {error}"
-                );
-            }
-            Event::ClockSkew {
-                host_ahead,
-                by,
-                evidence,
-            } => {
-                tracing::warn!(
-                    host_ahead,
-                    by_s = by.as_secs(),
-                    ?evidence,
-                    "the host clock disagrees with the identity provider's; fix its time sync"
-                );
-            }
-            Event::Stopped => {
-                self.state.send_modify(|s| {
-                    s.stopped = true;
-                    s.status = Status::Stopped;
-                });
-            }
-            _ => tracing::debug!(?event, "token event"),
         }
-        // No receiver is not an error; a lagging receiver loses its oldest events.
-        let _ = self.events.send(event);
     }
 
     fn spawn_fetch(&mut self, id: RequestId, attempt: u32, deadline: Instant) {
@@ -765,8 +588,19 @@ impl Driver {
     }
 }
 
-/// Boxed future returned by [`TokenSource::fetch`]
+/// Boxed future returned by [`Fetcher::fetch`]
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Logs `event` at its severity (the line is the core's, the same in every runtime)
+fn log_event(event: &Event, now: Instant) {
+    let line = event.describe(now);
+    match event.severity() {
+        Severity::Debug => tracing::debug!("{line}"),
+        Severity::Info => tracing::info!("{line}"),
+        Severity::Warn => tracing::warn!("{line}"),
+        Severity::Error => tracing::error!("{line}"),
+    }
+}
 
 /// `config` with a jitter seed drawn from the OS when the user set none, so the processes of a
 /// fleet do not retry and refresh in lockstep (an explicit `rng_seed` is kept)

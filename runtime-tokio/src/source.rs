@@ -1,19 +1,21 @@
-//! Where tokens come from: anything that can fetch one asynchronously, and the executor that
-//! runs the core's identity flows on tokio
+//! Where tokens come from: anything that can fetch one asynchronously, and the tokio backends
+//! of the core's identity executor
 
 use std::future::Future;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use redis_entraid_core::error::{FetchError, TransportError};
 use redis_entraid_core::identity::chain::DefaultChain;
 use redis_entraid_core::identity::cli::{CommandOutput, CommandSpec};
 use redis_entraid_core::identity::custom::CustomSource;
-use redis_entraid_core::identity::{FetchContext, Step, TokenSource as CoreSource};
+use redis_entraid_core::identity::executor::{Backends, CallbackRunning, IdentityExecutor};
+use redis_entraid_core::identity::{
+    FetchContext, IdentityRequest, RequestMeta, TokenSource as CoreSource,
+};
 use redis_entraid_core::secret::SecretBytes;
 use redis_entraid_core::token::TokenResponse;
-use zeroize::Zeroize;
 
 use crate::http::AsyncHttpClient;
 use crate::provider::BoxFuture;
@@ -23,20 +25,20 @@ use crate::provider::BoxFuture;
 /// The driver runs each fetch in a task of its own, so a slow source never delays timers,
 /// commands or subscribers; an answer that arrives after the machine gave up on the request
 /// is ignored (and the task aborted). Async closures
-/// `Fn(Duration) -> impl Future<Output = Result<TokenResponse, FetchError>>` are sources;
+/// `Fn(Duration) -> impl Future<Output = Result<TokenResponse, FetchError>>` are fetchers;
 /// [`Identity`] runs every Entra ID flow of the core.
 ///
 /// ```
 /// use std::time::Duration;
 /// use redis_entraid_core::token::{AccessToken, TokenResponse};
-/// use redis_entraid_tokio::TokenSource;
+/// use redis_entraid_tokio::Fetcher;
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let source = |_timeout: Duration| async { Ok(TokenResponse::new(AccessToken::new("h.p.s")).with_expires_in(3600)) };
 /// assert!(source.fetch(Duration::from_secs(1)).await.is_ok());
 /// # }
 /// ```
-pub trait TokenSource: Send + Sync + 'static {
+pub trait Fetcher: Send + Sync + 'static {
     /// One token
     ///
     /// # Errors
@@ -49,7 +51,7 @@ pub trait TokenSource: Send + Sync + 'static {
     }
 }
 
-impl<F, Fut> TokenSource for F
+impl<F, Fut> Fetcher for F
 where
     F: Fn(Duration) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<TokenResponse, FetchError>> + Send + 'static,
@@ -59,87 +61,31 @@ where
     }
 }
 
-/// A core identity flow ([`redis_entraid_core::identity::TokenSource`]) executed with an
-/// [`AsyncHttpClient`], `tokio::fs`, `tokio::process` and `spawn_blocking`
+/// A core identity flow ([`redis_entraid_core::identity::TokenSource`]) run by the core's
+/// [`IdentityExecutor`] over an [`AsyncHttpClient`], `tokio::fs`, `tokio::process` and
+/// `spawn_blocking`
+///
+/// [`ProviderBuilder::build`](crate::ProviderBuilder::build) wraps a flow in one with the
+/// default client; build one yourself for another client and pass it to
+/// [`build_with_fetcher`](crate::ProviderBuilder::build_with_fetcher). For the default chain,
+/// the step that answered first is used alone from then on. Clones share the executor (and so
+/// the chain's winner and the one-callback-at-a-time slot).
 ///
 /// ```no_run
-/// use redis_entraid_core::identity::TokenSource as Flow;
-/// use redis_entraid_core::identity::managed::ManagedIdentity;
+/// use redis_entraid_core::identity::TokenSource;
+/// use redis_entraid_tokio::http::ReqwestClient;
 /// use redis_entraid_tokio::{Identity, Provider};
 ///
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let flow: Flow = unimplemented!();
-/// let provider = Provider::builder().build(Identity::new(flow)?).await?;
+/// # let flow: TokenSource = unimplemented!();
+/// let client = ReqwestClient::builder().add_root_certificates_pem(b"...")?.build()?;
+/// let provider = Provider::builder().build_with_fetcher(Identity::with_client(flow, client)).await?;
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug)]
 pub struct Identity<C = DefaultClient> {
-    source: CoreSource,
-    client: C,
-    callback: CallbackSlot,
-}
-
-/// Runs custom token callbacks one at a time on tokio's blocking pool, waiting for each only
-/// until the fetch's deadline
-///
-/// A blocking callback cannot be cancelled: a hung one holds its pool thread until it returns.
-/// Rather than start another (one stuck pool thread per retry, until the pool is exhausted),
-/// later fetches fail at once with an error saying the earlier call is still running. Clones
-/// of an [`Identity`] share the slot.
-#[derive(Clone, Debug, Default)]
-struct CallbackSlot {
-    /// When the running call started; `None` when no call runs
-    running: Arc<Mutex<Option<std::time::Instant>>>,
-}
-
-/// Frees the slot when the callback returns or panics
-struct SlotGuard(Arc<Mutex<Option<std::time::Instant>>>);
-
-impl Drop for SlotGuard {
-    fn drop(&mut self) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    }
-}
-
-impl CallbackSlot {
-    async fn call(
-        &self,
-        custom: CustomSource,
-        left: Duration,
-    ) -> Result<TokenResponse, FetchError> {
-        {
-            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(started) = *running {
-                return Err(TransportError::new(format!(
-                    "the custom token callback {:?} is still running from an earlier fetch \
-                     (started {}ms ago); not starting another until it returns",
-                    custom.name(),
-                    started.elapsed().as_millis()
-                ))
-                .into());
-            }
-            *running = Some(std::time::Instant::now());
-        }
-        let guard = SlotGuard(Arc::clone(&self.running));
-        let name = custom.name().to_owned();
-        let call = tokio::task::spawn_blocking(move || {
-            let _guard = guard;
-            custom.call()
-        });
-        match tokio::time::timeout(left, call).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(e)) => Err(TransportError::permanent(format!(
-                "the custom token callback {name:?} panicked"
-            ))
-            .with_source(e)
-            .into()),
-            Err(_) => Err(TransportError::new(format!(
-                "the custom token callback {name:?} did not return within {}ms",
-                left.as_millis()
-            ))
-            .into()),
-        }
-    }
+    executor: Arc<IdentityExecutor>,
+    backends: TokioBackends<C>,
 }
 
 /// The default HTTP client: reqwest with rustls when the `reqwest` feature is on
@@ -157,11 +103,10 @@ impl Identity<crate::http::ReqwestClient> {
     /// [`TransportError`] when the HTTP client cannot be built (e.g. an unreadable
     /// `SSL_CERT_FILE`).
     pub fn new(source: CoreSource) -> Result<Self, TransportError> {
-        Ok(Self {
+        Ok(Self::with_client(
             source,
-            client: crate::http::ReqwestClient::builder().build()?,
-            callback: CallbackSlot::default(),
-        })
+            crate::http::ReqwestClient::builder().build()?,
+        ))
     }
 
     /// The default chain (environment, workload identity, managed identity, Azure CLI, azd)
@@ -169,11 +114,11 @@ impl Identity<crate::http::ReqwestClient> {
     ///
     /// # Errors
     /// [`StartupError::Config`](crate::StartupError::Config) for an invalid configuration (an
-    /// unknown `AZURE_TOKEN_CREDENTIALS`), [`StartupError::Client`](crate::StartupError::Client)
+    /// unknown `AZURE_TOKEN_CREDENTIALS`), [`StartupError::Http`](crate::StartupError::Http)
     /// when the HTTP client cannot be built.
     pub fn from_env() -> Result<Self, crate::StartupError> {
         let source = default_chain_from_env().map_err(crate::StartupError::Config)?;
-        Self::new(source).map_err(crate::StartupError::Client)
+        Self::new(source).map_err(crate::StartupError::Http)
     }
 }
 
@@ -203,68 +148,119 @@ impl<C: AsyncHttpClient> Identity<C> {
     /// `source` over a client of your own
     pub fn with_client(source: CoreSource, client: C) -> Self {
         Self {
-            source,
-            client,
-            callback: CallbackSlot::default(),
+            executor: Arc::new(IdentityExecutor::new(source)),
+            backends: TokioBackends { client },
         }
     }
 
-    /// One token through the step machine (what the driver calls)
+    /// Which step of the default chain answered, once one has
+    pub fn winner(&self) -> Option<String> {
+        self.executor.winner_name()
+    }
+
+    /// One token through the core's executor (what the driver calls)
     ///
     /// # Errors
     /// The flow's classified [`FetchError`].
     pub async fn fetch_token(&self, timeout: Duration) -> Result<TokenResponse, FetchError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let ctx = FetchContext::new(SystemTime::now(), os_seed()?)
-            .with_local_utc_offset_seconds(local_offset_seconds());
-        let mut fetch = self.source.fetch(ctx);
-        let mut step = fetch.start();
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            step = match step? {
-                Step::Done(token) => return Ok(token),
-                Step::Http { request, meta } => {
-                    let t = meta.timeout.map_or(left, |t| t.min(left));
-                    match tokio::time::timeout(t, self.client.send(request, &meta, t)).await {
-                        Ok(Ok(mut response)) => {
-                            let next = fetch.on_http_response(&response);
-                            // The body holds the access token, which the flow has copied into
-                            // its `AccessToken`: wipe this copy.
-                            response.body_mut().zeroize();
-                            next
-                        }
-                        Ok(Err(e)) => fetch.on_transport_error(e.into()),
-                        Err(_) => fetch.on_transport_error(FetchError::TimedOut { after: t }),
-                    }
-                }
-                Step::ReadFile { path, max_len } => fetch.on_file(read_file(&path, max_len).await),
-                Step::RunCommand(spec) => fetch.on_command_output(&run_command(&spec, left).await),
-                Step::CallCustom(custom) => {
-                    fetch.on_custom_result(self.callback.call(custom, left).await)
-                }
-            };
+        let had_winner = self.executor.winner_name().is_some();
+        let result = self.executor.fetch(&self.backends, timeout).await;
+        if let (false, Some(winner)) = (had_winner, self.executor.winner_name()) {
+            tracing::info!(
+                source = winner,
+                "the default chain found a working identity"
+            );
         }
+        result
     }
 }
 
-impl<C: AsyncHttpClient> TokenSource for Identity<C> {
+impl<C: AsyncHttpClient> Fetcher for Identity<C> {
     fn fetch(&self, timeout: Duration) -> BoxFuture<'_, Result<TokenResponse, FetchError>> {
         Box::pin(self.fetch_token(timeout))
     }
 
     fn name(&self) -> String {
-        self.source.name()
+        self.executor.name()
     }
 }
 
-fn os_seed() -> Result<[u8; 32], FetchError> {
-    let mut seed = [0u8; 32];
-    getrandom::getrandom(&mut seed).map_err(|e| {
-        FetchError::from(TransportError::permanent(format!(
-            "the operating system's random source failed: {e}"
-        )))
-    })?;
-    Ok(seed)
+/// tokio's I/O for the core's identity executor
+#[derive(Clone, Debug)]
+struct TokioBackends<C> {
+    client: C,
+}
+
+impl<C: AsyncHttpClient> Backends for TokioBackends<C> {
+    fn now(&self) -> Instant {
+        crate::provider::now()
+    }
+
+    fn context(&self) -> Result<FetchContext, FetchError> {
+        let mut seed = [0u8; 32];
+        getrandom::getrandom(&mut seed).map_err(|e| {
+            FetchError::from(TransportError::permanent(format!(
+                "the operating system's random source failed: {e}"
+            )))
+        })?;
+        Ok(FetchContext::new(SystemTime::now(), seed)
+            .with_local_utc_offset_seconds(local_offset_seconds()))
+    }
+
+    async fn send(
+        &self,
+        request: IdentityRequest,
+        meta: &RequestMeta,
+        timeout: Duration,
+    ) -> Result<http::Response<Vec<u8>>, TransportError> {
+        match tokio::time::timeout(timeout, self.client.send(request, meta, timeout)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(TransportError::new(format!(
+                "no answer within {}ms",
+                timeout.as_millis()
+            ))),
+        }
+    }
+
+    async fn read_file(
+        &self,
+        path: &std::path::Path,
+        max_len: u64,
+    ) -> Result<SecretBytes, TransportError> {
+        read_file(path, max_len).await
+    }
+
+    async fn run_command(&self, spec: &CommandSpec, timeout: Duration) -> CommandOutput {
+        run_command(spec, timeout).await
+    }
+
+    /// On tokio's blocking pool; a callback that hangs keeps its pool thread (and `running`),
+    /// and the executor starts no other until it returns
+    async fn call_custom(
+        &self,
+        custom: CustomSource,
+        running: CallbackRunning,
+        timeout: Duration,
+    ) -> Result<TokenResponse, FetchError> {
+        let name = custom.name().to_owned();
+        let call = tokio::task::spawn_blocking(move || {
+            let _running = running;
+            custom.call()
+        });
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => Err(TransportError::permanent(format!(
+                "the custom token callback {name:?} panicked"
+            ))
+            .with_source(e)
+            .into()),
+            Err(_) => Err(TransportError::new(format!(
+                "the custom token callback {name:?} did not return within {}ms",
+                timeout.as_millis()
+            ))
+            .into()),
+        }
+    }
 }
 
 fn local_offset_seconds() -> i32 {

@@ -25,7 +25,7 @@ async fn a_slow_resp2_reader_loses_the_oldest_messages_and_they_are_counted() {
         .unwrap();
     let provider = Provider::builder()
         .startup(Startup::Wait(Duration::from_secs(10)))
-        .build(Identity::with_client(
+        .build_with_fetcher(Identity::with_client(
             Flow::DefaultChain(DefaultChain::from_env(&env)),
             client,
         ))

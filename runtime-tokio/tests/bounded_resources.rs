@@ -20,7 +20,7 @@ use redis_entraid_core::testing::unsigned_token;
 use redis_entraid_core::token::TokenResponse;
 use redis_entraid_emulator::{HostileServer, Hostility};
 use redis_entraid_tokio::http::ReqwestClient;
-use redis_entraid_tokio::{Identity, Provider, Startup, TokenSource as _};
+use redis_entraid_tokio::{Fetcher as _, Identity, Provider, Startup};
 
 /// IMDS at `base` (plain http on loopback, as AAD Pod Identity would be)
 fn imds_at(base: &str) -> TokenSource {
@@ -267,7 +267,7 @@ async fn threads_and_memory_stay_flat_over_1000_fetches_against_hostile_endpoint
         Provider::builder()
             .config(fast_retries(timeout))
             .startup(Startup::Lazy)
-            .build(fetcher(source))
+            .build_with_fetcher(fetcher(source))
     };
     let providers = [
         start(TokenSource::Custom(callback), Duration::from_millis(5))
@@ -337,7 +337,7 @@ async fn a_flood_of_commands_stays_bounded_and_shutdown_still_lands() {
     let _serial = serial();
     let provider = Provider::builder()
         .startup(Startup::Wait(Duration::from_secs(5)))
-        .build(|_timeout: Duration| async {
+        .build_with_fetcher(|_timeout: Duration| async {
             Ok(
                 TokenResponse::new(unsigned_token(r#"{"oid":"me","exp":4102444800}"#))
                     .with_expires_in(3600),

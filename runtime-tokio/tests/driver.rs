@@ -65,7 +65,7 @@ fn counter() -> Arc<AtomicU32> {
 async fn startup_wait_returns_with_the_first_token() {
     let provider = Provider::builder()
         .startup(Startup::Wait(Duration::from_secs(5)))
-        .build(source(3600, 0, counter()))
+        .build_with_fetcher(source(3600, 0, counter()))
         .await
         .unwrap();
     assert_eq!(provider.credentials().unwrap().username(), "test-oid");
@@ -77,7 +77,7 @@ async fn startup_wait_retries_through_failures() {
     let calls = counter();
     let provider = Provider::builder()
         .startup(Startup::Wait(Duration::from_secs(30)))
-        .build(source(3600, 2, calls.clone()))
+        .build_with_fetcher(source(3600, 2, calls.clone()))
         .await
         .unwrap();
     assert!(provider.credentials().is_some());
@@ -88,7 +88,7 @@ async fn startup_wait_retries_through_failures() {
 async fn startup_wait_times_out_with_the_last_error() {
     let err = Provider::builder()
         .startup(Startup::Wait(Duration::from_secs(3)))
-        .build(source(3600, u32::MAX, counter()))
+        .build_with_fetcher(source(3600, u32::MAX, counter()))
         .await
         .unwrap_err();
     match err {
@@ -105,7 +105,7 @@ async fn startup_fail_fast_reports_the_first_error() {
     let calls = counter();
     let err = Provider::builder()
         .startup(Startup::FailFast)
-        .build(source(3600, 1, calls.clone()))
+        .build_with_fetcher(source(3600, 1, calls.clone()))
         .await
         .unwrap_err();
     assert!(matches!(err, StartupError::FetchFailed(_)), "{err:?}");
@@ -116,7 +116,7 @@ async fn startup_fail_fast_reports_the_first_error() {
 async fn startup_lazy_returns_at_once_and_the_token_follows() {
     let provider = Provider::builder()
         .startup(Startup::Lazy)
-        .build(source(3600, 0, counter()))
+        .build_with_fetcher(source(3600, 0, counter()))
         .await
         .unwrap();
     assert!(provider.credentials().is_none());
@@ -132,7 +132,7 @@ async fn startup_lazy_returns_at_once_and_the_token_follows() {
 async fn rotates_hourly_tokens_for_a_day_without_expiring() {
     let calls = counter();
     let provider = Provider::builder()
-        .build(source(3600, 0, calls.clone()))
+        .build_with_fetcher(source(3600, 0, calls.clone()))
         .await
         .unwrap();
     let mut events = provider.events();
@@ -178,7 +178,7 @@ async fn keeps_retrying_after_retries_are_exhausted_and_recovers() {
     let provider = Provider::builder()
         .config(config)
         .startup(Startup::Lazy)
-        .build(source(3600, 10, calls.clone()))
+        .build_with_fetcher(source(3600, 10, calls.clone()))
         .await
         .unwrap();
     let mut events = provider.events();
@@ -205,7 +205,7 @@ async fn a_hanging_fetch_times_out_and_is_retried() {
     let start = Instant::now();
     let provider = Provider::builder()
         .startup(Startup::Wait(Duration::from_secs(60)))
-        .build(move |_timeout: Duration| {
+        .build_with_fetcher(move |_timeout: Duration| {
             let n = c.fetch_add(1, Ordering::SeqCst);
             async move {
                 if n == 0 {
@@ -226,7 +226,7 @@ async fn a_hanging_fetch_times_out_and_is_retried() {
 async fn refresh_now_fetches_a_newer_token() {
     let calls = counter();
     let provider = Provider::builder()
-        .build(source(3600, 0, calls.clone()))
+        .build_with_fetcher(source(3600, 0, calls.clone()))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_secs(60)).await;
@@ -242,7 +242,7 @@ async fn refresh_now_fetches_a_newer_token() {
 #[tokio::test(start_paused = true)]
 async fn a_rejected_reauth_is_reported_and_triggers_a_refresh() {
     let provider = Provider::builder()
-        .build(source(3600, 0, counter()))
+        .build_with_fetcher(source(3600, 0, counter()))
         .await
         .unwrap();
     let mut events = provider.events();
@@ -273,7 +273,7 @@ async fn a_rejected_reauth_is_reported_and_triggers_a_refresh() {
 #[tokio::test(start_paused = true)]
 async fn shutdown_stops_every_clone() {
     let provider = Provider::builder()
-        .build(source(3600, 0, counter()))
+        .build_with_fetcher(source(3600, 0, counter()))
         .await
         .unwrap();
     let other = provider.clone();
@@ -293,7 +293,7 @@ async fn dropping_the_last_handle_ends_the_driver_task() {
     let weak = Arc::downgrade(&marker);
     let start = Instant::now();
     let provider = Provider::builder()
-        .build(move |_timeout: Duration| {
+        .build_with_fetcher(move |_timeout: Duration| {
             let _keep = &marker;
             async move { Ok(mint(start, 3600)) }
         })
@@ -320,7 +320,7 @@ async fn dropping_the_last_handle_ends_the_driver_task() {
 async fn a_slow_event_receiver_lags_without_slowing_the_driver() {
     let provider = Provider::builder()
         .event_capacity(2)
-        .build(source(60, 0, counter()))
+        .build_with_fetcher(source(60, 0, counter()))
         .await
         .unwrap();
     let mut events = provider.events();
@@ -352,7 +352,7 @@ async fn a_permanent_error_is_retried_at_the_slow_pace() {
     let c = calls.clone();
     let provider = Provider::builder()
         .startup(Startup::Lazy)
-        .build(move |_timeout: Duration| {
+        .build_with_fetcher(move |_timeout: Duration| {
             c.fetch_add(1, Ordering::SeqCst);
             async { Err::<TokenResponse, _>(TransportError::permanent("no such file").into()) }
         })

@@ -7,7 +7,12 @@ use redis_entraid_tokio::{Provider, Startup, StartupError};
 #[tokio::test]
 async fn an_unknown_azure_token_credentials_value_is_refused_before_any_request() {
     std::env::set_var("AZURE_TOKEN_CREDENTIALS", "not-a-credential");
-    let error = Provider::from_env(Startup::Lazy).await.err().unwrap();
+    let error = Provider::builder()
+        .startup(Startup::Lazy)
+        .build_from_env()
+        .await
+        .err()
+        .unwrap();
     assert!(matches!(error, StartupError::Config(_)), "{error:?}");
     assert!(
         error.to_string().contains("AZURE_TOKEN_CREDENTIALS"),

@@ -12,7 +12,7 @@ use redis_entraid_core::identity::chain::DefaultChain;
 use redis_entraid_core::identity::TokenSource as Flow;
 use redis_entraid_emulator::Emulator;
 use redis_entraid_tokio::http::ReqwestClient;
-use redis_entraid_tokio::{Identity, Provider, Startup, TokenSource};
+use redis_entraid_tokio::{Fetcher, Identity, Provider, Startup};
 
 fn chain(emu: &Emulator, keep: &[&str]) -> Flow {
     let env: BTreeMap<String, String> = emu
@@ -88,7 +88,7 @@ async fn every_local_flow_fetches_through_a_dead_proxy_and_https_honours_ssl_cer
     // A whole provider over the chain, from a real environment map.
     let provider = Provider::builder()
         .startup(Startup::FailFast)
-        .build(Identity::with_client(chain(&emu, &secret), client))
+        .build_with_fetcher(Identity::with_client(chain(&emu, &secret), client))
         .await
         .unwrap();
     assert!(provider.credentials().is_some());

@@ -16,7 +16,7 @@ use redis_entraid_core::identity::client_secret::ClientSecret;
 use redis_entraid_core::identity::managed::{ManagedIdentity, ManagedIdentityId};
 use redis_entraid_core::identity::TokenSource as CoreSource;
 use redis_entraid_tokio::http::ReqwestClient;
-use redis_entraid_tokio::{Identity, TokenSource};
+use redis_entraid_tokio::{Fetcher, Identity};
 
 /// A forward / CONNECT proxy that records the request line of every connection and refuses it
 fn recording_proxy() -> (String, Arc<Mutex<Vec<String>>>) {

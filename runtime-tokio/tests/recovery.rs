@@ -54,7 +54,7 @@ async fn provider(emu: &Emulator, flow: Flow, config: Config) -> Provider {
     Provider::builder()
         .config(config)
         .startup(Startup::Wait(Duration::from_secs(10)))
-        .build(Identity::with_client(flow, client))
+        .build_with_fetcher(Identity::with_client(flow, client))
         .await
         .unwrap()
 }

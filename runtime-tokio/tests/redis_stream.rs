@@ -19,7 +19,7 @@ async fn provider(ttl: i64) -> Provider {
     let start = Instant::now();
     let n = Arc::new(AtomicU32::new(0));
     Provider::builder()
-        .build(move |_timeout: Duration| {
+        .build_with_fetcher(move |_timeout: Duration| {
             let i = n.fetch_add(1, Ordering::SeqCst);
             async move {
                 let wall = SystemTime::now()

@@ -219,7 +219,7 @@ fn tokio(flow: &Flow, emu: &redis_entraid_emulator::BlockingEmulator) -> Seen {
         let provider = Provider::builder()
             .config(e2e_config())
             .startup(Startup::Wait(WAIT))
-            .build(identity)
+            .build_with_fetcher(identity)
             .await
             .unwrap_or_else(|e| panic!("tokio, {}: {e}", flow.name));
         let mut events = provider.events();
@@ -372,7 +372,7 @@ fn refused(
             .build()
             .unwrap();
         let identity = redis_entraid_tokio::Identity::with_client(source.clone(), client);
-        redis_entraid_tokio::TokenSource::fetch(&identity, timeout).await
+        redis_entraid_tokio::Fetcher::fetch(&identity, timeout).await
     });
     for result in [&blocking, &async_std, &tokio] {
         if let Err(e) = result {

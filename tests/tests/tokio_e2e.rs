@@ -34,7 +34,7 @@ async fn run_flow(flow: Flow, emu: &Emulator, duration: Duration) -> (Report, u6
     let provider = Provider::builder()
         .config(e2e_config())
         .startup(Startup::Wait(Duration::from_secs(15)))
-        .build(Identity::with_client(flow.source, client))
+        .build_with_fetcher(Identity::with_client(flow.source, client))
         .await
         .unwrap_or_else(|e| panic!("{}: {e}", flow.name));
     let mut events = provider.events();

@@ -58,6 +58,7 @@ mod common;
 pub mod custom;
 pub mod entra;
 pub mod env;
+pub mod executor;
 pub mod imds;
 pub mod managed;
 pub mod service_fabric;

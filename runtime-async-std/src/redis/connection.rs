@@ -14,8 +14,8 @@ use redis_entraid_core::token::Credentials;
 
 use super::reauth::{self, Held};
 use crate::provider::WeakProvider;
-use crate::shared::State;
 use crate::Provider;
+use redis_entraid_core::observed::Observed as State;
 
 /// How long a connect waits for usable credentials (the first token, or a fresh one when the
 /// latest has expired) before it fails
@@ -132,13 +132,13 @@ pub(crate) async fn usable_credentials(
     wait: Duration,
 ) -> RedisResult<(Generation, Credentials, Option<Instant>)> {
     let usable = |s: &State| {
-        if let Some((g, c)) = &s.latest {
+        if let Some((g, c)) = s.latest() {
             let unseen = newer_than.is_none_or(|seen| *g > seen);
-            if unseen && s.expires_at.is_none_or(|e| e > Instant::now()) {
-                return Some(Some((*g, c.clone(), s.expires_at)));
+            if unseen && s.expires_at().is_none_or(|e| e > Instant::now()) {
+                return Some(Some((*g, c.clone(), s.expires_at())));
             }
         }
-        s.stopped.then_some(None)
+        s.is_stopped().then_some(None)
     };
     match provider.shared.wait_until(Some(wait), usable).await {
         Some(Some(found)) => Ok(found),

@@ -290,7 +290,7 @@ async fn reconnect(inner: Weak<Inner>, epoch: u64) {
             this.config.clone(),
         );
         drop(this);
-        if provider.shared.lock().stopped {
+        if provider.shared.lock().is_stopped() {
             if let Some(this) = inner.upgrade() {
                 this.slot.replace(Slot::Stopped);
             }
@@ -318,13 +318,13 @@ async fn reconnect(inner: Weak<Inner>, epoch: u64) {
                     last_error: Some(error.to_string()),
                 });
                 drop(this);
-                let tried = provider.shared.lock().latest.as_ref().map(|(g, _)| *g);
+                let tried = provider.shared.lock().latest().map(|(g, _)| *g);
                 let delay = backoff.delay(&policy, failures);
                 // A newer token is worth trying at once; otherwise wait out the backoff.
                 let _ = timeout(
                     delay,
                     provider.shared.wait_until(None, |s| {
-                        (s.stopped || s.latest.as_ref().map(|(g, _)| *g) > tried).then_some(())
+                        (s.is_stopped() || s.latest().map(|(g, _)| *g) > tried).then_some(())
                     }),
                 )
                 .await;

@@ -155,12 +155,12 @@ fn credentials_stream(
             .provider
             .shared
             .wait_until(None, |s| {
-                match (&s.latest, seen) {
+                match (s.latest(), seen) {
                     (Some((g, c)), Some(seen)) if *g > seen => return Some(Some((*g, c.clone()))),
                     (Some((g, c)), None) => return Some(Some((*g, c.clone()))),
                     _ => {}
                 }
-                s.stopped.then_some(None)
+                s.is_stopped().then_some(None)
             })
             .await
             .flatten();

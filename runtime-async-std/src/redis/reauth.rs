@@ -18,7 +18,7 @@ use redis_entraid_core::event::Generation;
 use redis_entraid_core::token::Credentials;
 
 use crate::provider::{Command, WeakProvider};
-use crate::shared::State;
+use redis_entraid_core::observed::Observed as State;
 
 /// An `AUTH` not answered within this is sent again. It queues behind the commands already
 /// pipelined on the connection, so this bounds a stuck or very busy connection, not a slow
@@ -57,18 +57,18 @@ struct Offer {
 }
 
 fn offer_newer(state: &State, seen: Generation) -> Option<Offer> {
-    let (generation, credentials) = state.latest.as_ref()?;
+    let (generation, credentials) = state.latest()?;
     (*generation > seen).then(|| Offer {
         generation: *generation,
         credentials: credentials.clone(),
-        received: state.received,
-        expires_at: state.expires_at,
+        received: state.received(),
+        expires_at: state.expires_at(),
     })
 }
 
 /// What the task waits for: a newer generation, or the provider's end (`None`)
 fn next(state: &State, seen: Generation) -> Option<Option<Offer>> {
-    if state.stopped {
+    if state.is_stopped() {
         return Some(None);
     }
     offer_newer(state, seen).map(Some)

@@ -32,9 +32,9 @@ const CREDENTIALS_WAIT: Duration = Duration::from_secs(30);
 /// ```no_run
 /// use redis::AsyncCommands;
 /// use redis_entraid_tokio::redis_async::EntraClient;
-/// use redis_entraid_tokio::{Provider, Startup};
+/// use redis_entraid_tokio::Provider;
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-/// let provider = Provider::from_env(Startup::default()).await?;
+/// let provider = Provider::from_env().await?;
 /// let client = EntraClient::new(redis::Client::open("rediss://my-cache.redis.azure.net:10000")?, provider);
 /// let mut con = client.get_multiplexed_connection().await?;
 /// let () = con.set("k", "v").await?;
@@ -131,12 +131,12 @@ pub(crate) async fn usable_credentials(
     wait: Duration,
 ) -> RedisResult<(Generation, Credentials, Option<std::time::Instant>)> {
     let mut state = provider.state.clone();
-    let usable = |s: &crate::provider::Snapshot| match &s.latest {
+    let usable = |s: &crate::provider::Snapshot| match s.latest() {
         Some((g, _)) if newer_than.is_some_and(|seen| *g <= seen) => false,
-        Some(_) => s.expires_at.is_none_or(|e| e > now()),
+        Some(_) => s.expires_at().is_none_or(|e| e > now()),
         None => false,
     };
-    let found = tokio::time::timeout(wait, state.wait_for(|s| s.stopped || usable(s))).await;
+    let found = tokio::time::timeout(wait, state.wait_for(|s| s.is_stopped() || usable(s))).await;
     let stopped = || {
         RedisError::from((
             ErrorKind::AuthenticationFailed,
@@ -144,8 +144,8 @@ pub(crate) async fn usable_credentials(
         ))
     };
     match found {
-        Ok(Ok(s)) if usable(&s) => match &s.latest {
-            Some((g, c)) => Ok((*g, c.clone(), s.expires_at)),
+        Ok(Ok(s)) if usable(&s) => match s.latest() {
+            Some((g, c)) => Ok((*g, c.clone(), s.expires_at())),
             None => Err(stopped()),
         },
         Ok(_) => Err(stopped()),

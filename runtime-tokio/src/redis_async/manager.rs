@@ -239,7 +239,7 @@ async fn reconnect(inner: Weak<Inner>, epoch: u64) {
             this.config.clone(),
         );
         drop(this);
-        if provider.state.borrow().stopped {
+        if provider.state.borrow().is_stopped() {
             if let Some(this) = inner.upgrade() {
                 this.slot.send_replace(Slot::Stopped);
             }
@@ -267,13 +267,13 @@ async fn reconnect(inner: Weak<Inner>, epoch: u64) {
                     last_error: Some(error.to_string()),
                 });
                 drop(this);
-                let tried = provider.state.borrow().latest.as_ref().map(|(g, _)| *g);
+                let tried = provider.state.borrow().latest().map(|(g, _)| *g);
                 let delay = backoff.delay(&policy, failures);
                 let mut state = provider.state.clone();
                 // A newer token is worth trying at once; otherwise wait out the backoff.
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
-                    _ = state.wait_for(|s| s.stopped || s.latest.as_ref().map(|(g, _)| *g) > tried) => {}
+                    _ = state.wait_for(|s| s.is_stopped() || s.latest().map(|(g, _)| *g) > tried) => {}
                 }
             }
         }

@@ -124,16 +124,16 @@ fn credentials_stream(
         let first = st.seen.is_none();
         let seen = st.seen;
         let mut rx = st.provider.state.clone();
-        let newer = |s: &Snapshot| match (&s.latest, seen) {
+        let newer = |s: &Snapshot| match (s.latest(), seen) {
             (Some((g, _)), Some(seen)) => *g > seen,
             (Some(_), None) => true,
             _ => false,
         };
         let found = rx
-            .wait_for(|s| s.stopped || newer(s))
+            .wait_for(|s| s.is_stopped() || newer(s))
             .await
             .ok()
-            .and_then(|s| if newer(&s) { s.latest.clone() } else { None });
+            .and_then(|s| if newer(&s) { s.latest().cloned() } else { None });
         match found {
             Some((generation, credentials)) => {
                 st.seen = Some(generation);

@@ -54,12 +54,12 @@ struct Offer {
 }
 
 fn offer_newer(snapshot: &Snapshot, seen: Generation) -> Option<Offer> {
-    let (generation, credentials) = snapshot.latest.as_ref()?;
+    let (generation, credentials) = snapshot.latest()?;
     (*generation > seen).then(|| Offer {
         generation: *generation,
         credentials: credentials.clone(),
-        received: snapshot.received,
-        expires_at: snapshot.expires_at,
+        received: snapshot.received(),
+        expires_at: snapshot.expires_at(),
     })
 }
 
@@ -116,7 +116,7 @@ pub(crate) async fn run(mut con: MultiplexedConnection, provider: WeakProvider, 
     loop {
         let seen = held.generation;
         let found = match state
-            .wait_for(|s| s.stopped || offer_newer(s, seen).is_some())
+            .wait_for(|s| s.is_stopped() || offer_newer(s, seen).is_some())
             .await
         {
             Ok(snapshot) => offer_newer(&snapshot, seen),
@@ -177,7 +177,7 @@ pub(crate) async fn run(mut con: MultiplexedConnection, provider: WeakProvider, 
             let generation = offer.generation;
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
-                changed = state.wait_for(|s| s.stopped || offer_newer(s, generation).is_some()) => {
+                changed = state.wait_for(|s| s.is_stopped() || offer_newer(s, generation).is_some()) => {
                     if changed.is_err() {
                         return;
                     }
@@ -185,7 +185,7 @@ pub(crate) async fn run(mut con: MultiplexedConnection, provider: WeakProvider, 
             }
             let (stopped, newer) = {
                 let snapshot = state.borrow();
-                (snapshot.stopped, offer_newer(&snapshot, generation))
+                (snapshot.is_stopped(), offer_newer(&snapshot, generation))
             };
             if stopped {
                 return;

@@ -267,7 +267,7 @@ async fn run_subscriber(
                 None => {
                     // The connection closed: reconnect at once with the latest credentials.
                     tracing::warn!("RESP2 subscriber connection closed; reconnecting");
-                    match provider.state.borrow().latest.clone() {
+                    match provider.state.borrow().latest().cloned() {
                         Some(latest) => pending = Some(latest),
                         None => return,
                     }

@@ -14,7 +14,7 @@ use redis_entraid_core::token::TokenResponse;
 ///
 /// ```
 /// use std::time::Duration;
-/// use redis_entraid_blocking::Fetcher;
+/// use redis_entraid_blocking_io::Fetcher;
 /// use redis_entraid_core::token::{AccessToken, TokenResponse};
 ///
 /// let source = |_timeout: Duration| Ok(TokenResponse::new(AccessToken::new("h.p.s")).with_expires_in(3600));
