@@ -528,53 +528,13 @@ fn note_reauth(
     }
 }
 
+/// The event's line as the runtimes log it (the core's wording), stamped with the run's clock
 fn describe(event: &Event, now: Instant, started: Instant) -> String {
-    let at = format!("[{:>7.2}s]", now.duration_since(started).as_secs_f64());
-    let left = |t: &Instant| secs(t.saturating_duration_since(now));
-    match event {
-        Event::Refreshed {
-            generation,
-            expires_at,
-            refresh_at,
-        } => format!(
-            "{at} token #{} arrived: valid {} more, next refresh in {}",
-            generation.0,
-            left(expires_at),
-            left(refresh_at)
-        ),
-        Event::TokenNotNewer { refresh_at, .. } => format!(
-            "{at} the endpoint returned the same token (cached); next refresh in {}",
-            left(refresh_at)
-        ),
-        Event::FetchFailed {
-            attempt,
-            error,
-            next_attempt_at,
-            ..
-        } => format!(
-            "{at} token request failed (attempt {attempt}): {}; retrying in {}",
-            crate::error::chain(error),
-            left(next_attempt_at)
-        ),
-        Event::RetriesExhausted { attempts, .. } => {
-            format!("{at} {attempts} token requests failed in a row; still retrying")
-        }
-        Event::Expired { generation } => format!(
-            "{at} token #{} EXPIRED before a replacement arrived: the server closes connections",
-            generation.0
-        ),
-        Event::ReauthFailed { generation, error } => format!(
-            "{at} re-authentication with token #{} failed: {error}",
-            generation.0
-        ),
-        Event::ClockSkew { host_ahead, by, .. } => format!(
-            "{at} the host clock is {} by {}: fix its time sync",
-            if *host_ahead { "ahead" } else { "behind" },
-            secs(*by)
-        ),
-        Event::Stopped => format!("{at} provider stopped"),
-        other => format!("{at} {other:?}"),
-    }
+    format!(
+        "[{:>7.2}s] {}",
+        now.duration_since(started).as_secs_f64(),
+        crate::error::one_line(&event.describe(now))
+    )
 }
 
 fn render(

@@ -68,7 +68,7 @@ fn the_demo_runs_through_rotations_and_an_outage_without_a_failed_command() {
         "{}",
         out.stdout
     );
-    assert!(out.stdout.contains("token #2 arrived"), "{}", out.stdout);
+    assert!(out.stdout.contains("new token #2:"), "{}", out.stdout);
     let row = |label: &str| -> u64 {
         out.stdout
             .lines()

@@ -56,9 +56,8 @@ fn watch_shows_every_rotation_and_its_summary_matches_the_emulators_counters() {
     // One line per token, numbered 1..=N with none missing.
     let arrived: Vec<u64> = lines
         .lines()
-        .filter_map(|l| l.split("token #").nth(1))
-        .filter(|rest| rest.contains("arrived"))
-        .map(|rest| rest.split(' ').next().unwrap().parse().unwrap())
+        .filter_map(|l| l.split("new token #").nth(1))
+        .map(|rest| rest.split(':').next().unwrap().parse().unwrap())
         .collect();
     let tokens = summary["tokens"].as_u64().unwrap();
     assert_eq!(arrived, (1..=tokens).collect::<Vec<_>>(), "{}", out.stdout);
@@ -67,10 +66,14 @@ fn watch_shows_every_rotation_and_its_summary_matches_the_emulators_counters() {
     assert_eq!(summary["rotations"].as_u64().unwrap(), tokens - 1);
 
     let counters = env.emu.counters();
-    assert_eq!(counters.tokens_issued, tokens, "{counters:?} {summary}");
+    // Every token the emulator issued was shown, except one whose request was still in flight
+    // when the run stopped (its answer reaches a provider that has shut down).
+    let in_flight = counters.tokens_issued - tokens;
+    assert!(in_flight <= 1, "{counters:?} {summary}");
     assert_eq!(
         counters.imds_requests,
-        tokens + summary["fetch_failures"].as_u64().unwrap()
+        tokens + in_flight + summary["fetch_failures"].as_u64().unwrap(),
+        "{counters:?} {summary}"
     );
     assert_eq!(summary["command_failures"], 0, "{}", out.stdout);
     assert_eq!(summary["connections_lost"], 0);
