@@ -125,6 +125,9 @@ pub mod fan_out;
 pub mod identity;
 pub mod jwt;
 pub mod machine;
+/// Metric names and the mapping of events and fan-out reports to observations (no recorder,
+/// no clock: a runtime or the CLI records them with the `metrics` crate or anything else)
+pub mod metrics;
 pub mod observed;
 pub mod secret;
 pub mod startup;

@@ -1,0 +1,928 @@
+//! What to measure: the machine's events and the fan-out reports, mapped to named observations
+//!
+//! This module names every metric redis-entraid exposes ([`METRICS`]) and turns what a driver
+//! already sees into [`Observation`]s: "add 1 to this counter with these labels", "set this
+//! gauge", "record this value in this histogram". It records nothing itself and depends on no
+//! metrics library: a runtime (or the `redis-entraid` CLI) hands each observation to its
+//! recorder, for example the `metrics` facade crate, so Prometheus, OpenTelemetry or StatsD
+//! exporters plug in. Like the rest of the core it reads no clock: the instant an event was
+//! observed is an argument.
+//!
+//! Two entry points:
+//! - [`observe_event`], stateless: the counters and gauges one [`Event`] moves;
+//! - [`MetricsTracker`], for a driver: the same, plus what needs memory across events (fetch
+//!   latency needs the fetch's start, the status gauge needs to know whether a token is held,
+//!   re-authentication counts and fan-out latency come from [`FanOutReport`] snapshots that
+//!   grow while a rotation is under way, the dropped-events counter from a running total).
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use redis_entraid_core::event::{Event, Generation};
+//! use redis_entraid_core::metrics::{MetricsTracker, Value, ROTATIONS};
+//!
+//! let start = Instant::now();
+//! let mut tracker = MetricsTracker::new("managed identity (IMDS)");
+//! tracker.on_fetch_started(start);
+//! let arrived = start + Duration::from_millis(40);
+//! let refreshed = |g| Event::Refreshed {
+//!     generation: Generation(g),
+//!     expires_at: arrived + Duration::from_secs(3600),
+//!     refresh_at: arrived + Duration::from_secs(2520),
+//! };
+//! let first = tracker.on_event(&refreshed(1), arrived);
+//! // The first token is not a rotation; the second is.
+//! assert!(!first.iter().any(|o| o.metric.name == ROTATIONS.name));
+//! tracker.on_fetch_started(arrived);
+//! let second = tracker.on_event(&refreshed(2), arrived);
+//! assert!(second
+//!     .iter()
+//!     .any(|o| o.metric.name == ROTATIONS.name && o.value == Value::Increment(1)));
+//! ```
+//!
+//! The names, kinds and labels are documented in one table in the README ("Metrics").
+//!
+//! [`METRICS`]: crate::metrics::METRICS
+//! [`Observation`]: crate::metrics::Observation
+//! [`observe_event`]: crate::metrics::observe_event
+//! [`MetricsTracker`]: crate::metrics::MetricsTracker
+//! [`Event`]: crate::event::Event
+//! [`FanOutReport`]: crate::fan_out::FanOutReport
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::error::{FetchError, ReauthErrorKind};
+use crate::event::{Action, Event, Generation, Status};
+use crate::fan_out::FanOutReport;
+
+/// What kind of instrument a metric is
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricKind {
+    /// Only goes up
+    Counter,
+    /// Set to the current value
+    Gauge,
+    /// A distribution of recorded values
+    Histogram,
+}
+
+/// One metric: its name, kind, label names, unit and help text
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricDef {
+    /// The metric's name (Prometheus style: `_total` for counters, `_seconds` for times)
+    pub name: &'static str,
+    /// Counter, gauge or histogram
+    pub kind: MetricKind,
+    /// The label names every observation of this metric carries, in this order
+    pub labels: &'static [&'static str],
+    /// The unit of its values (`seconds`, or empty for plain counts)
+    pub unit: &'static str,
+    /// One line for humans
+    pub help: &'static str,
+}
+
+/// Token requests that finished, by `source` (the identity flow's name) and `outcome`
+/// (`ok`, `not_newer` for a cached token that was not pushed, `error`)
+pub const TOKEN_REQUESTS: MetricDef = MetricDef {
+    name: "redis_entraid_token_requests_total",
+    kind: MetricKind::Counter,
+    labels: &["source", "outcome"],
+    unit: "",
+    help: "Token requests that finished, by identity source and outcome (ok, not_newer, error)",
+};
+
+/// Failed token requests by `kind` (`transport`, `response`, `timed_out`, `token`,
+/// `no_lifetime`, `already_expired`) and `retryable` (`true`, `false`)
+pub const FETCH_FAILURES: MetricDef = MetricDef {
+    name: "redis_entraid_fetch_failures_total",
+    kind: MetricKind::Counter,
+    labels: &["kind", "retryable"],
+    unit: "",
+    help:
+        "Failed token requests, by failure kind and whether the retry policy judged them retryable",
+};
+
+/// Failure streaks that reached the retry policy's `max_attempts` (the machine keeps trying)
+pub const RETRIES_EXHAUSTED: MetricDef = MetricDef {
+    name: "redis_entraid_retries_exhausted_total",
+    kind: MetricKind::Counter,
+    labels: &[],
+    unit: "",
+    help: "Failure streaks that reached max_attempts (refreshing goes on at max_delay)",
+};
+
+/// New tokens that replaced an earlier one (the first token is not a rotation)
+pub const ROTATIONS: MetricDef = MetricDef {
+    name: "redis_entraid_rotations_total",
+    kind: MetricKind::Counter,
+    labels: &[],
+    unit: "",
+    help: "New tokens pushed to connections in place of an earlier one",
+};
+
+/// Tokens that expired before a replacement arrived
+pub const EXPIRATIONS: MetricDef = MetricDef {
+    name: "redis_entraid_token_expirations_total",
+    kind: MetricKind::Counter,
+    labels: &[],
+    unit: "",
+    help: "Tokens that expired before a replacement arrived (the server closes connections then)",
+};
+
+/// Connection re-authentications by `outcome` (`ok`, `failed`)
+pub const REAUTHS: MetricDef = MetricDef {
+    name: "redis_entraid_reauth_total",
+    kind: MetricKind::Counter,
+    labels: &["outcome"],
+    unit: "",
+    help: "Connection re-authentications with a new token, by outcome (ok, failed)",
+};
+
+/// Re-authentication failures the machine was told of, by `kind` (`wrongpass`, `noauth`,
+/// `connection`, `other`)
+pub const REAUTH_REJECTIONS: MetricDef = MetricDef {
+    name: "redis_entraid_reauth_failures_total",
+    kind: MetricKind::Counter,
+    labels: &["kind"],
+    unit: "",
+    help: "Re-authentication failures reported to the provider, by kind (wrongpass, noauth, connection, other)",
+};
+
+/// Events a subscriber lost because its queue was full
+pub const EVENTS_DROPPED: MetricDef = MetricDef {
+    name: "redis_entraid_events_dropped_total",
+    kind: MetricKind::Counter,
+    labels: &[],
+    unit: "",
+    help: "Provider events dropped because a subscriber's queue was full",
+};
+
+/// Seconds of validity the current token has left (0 when expired or none)
+pub const TOKEN_SECONDS_LEFT: MetricDef = MetricDef {
+    name: "redis_entraid_token_remaining_seconds",
+    kind: MetricKind::Gauge,
+    labels: &[],
+    unit: "seconds",
+    help: "Seconds the current token stays valid (0 when there is none or it expired)",
+};
+
+/// The provider's status as a state set: 1 for the current `state` (`starting`, `valid`,
+/// `retrying`, `expired`, `stopped`), 0 for the others
+pub const STATUS: MetricDef = MetricDef {
+    name: "redis_entraid_status",
+    kind: MetricKind::Gauge,
+    labels: &["state"],
+    unit: "",
+    help: "1 for the provider's current state (starting, valid, retrying, expired, stopped), 0 for the others",
+};
+
+/// Duration of token requests, start to answer, by `source` and `outcome` (`ok`, `error`)
+pub const FETCH_LATENCY: MetricDef = MetricDef {
+    name: "redis_entraid_fetch_duration_seconds",
+    kind: MetricKind::Histogram,
+    labels: &["source", "outcome"],
+    unit: "seconds",
+    help: "Token request duration from start to answer, by identity source and outcome",
+};
+
+/// Per rotation: from the token's arrival until the last connection's `AUTH` OK
+pub const REAUTH_FAN_OUT_LATENCY: MetricDef = MetricDef {
+    name: "redis_entraid_reauth_fanout_seconds",
+    kind: MetricKind::Histogram,
+    labels: &[],
+    unit: "seconds",
+    help: "Per rotation, from the new token's arrival to the last connection's AUTH OK",
+};
+
+/// Every metric, in the order of the README's table
+pub const METRICS: [MetricDef; 12] = [
+    TOKEN_REQUESTS,
+    FETCH_FAILURES,
+    RETRIES_EXHAUSTED,
+    ROTATIONS,
+    EXPIRATIONS,
+    REAUTHS,
+    REAUTH_REJECTIONS,
+    EVENTS_DROPPED,
+    TOKEN_SECONDS_LEFT,
+    STATUS,
+    FETCH_LATENCY,
+    REAUTH_FAN_OUT_LATENCY,
+];
+
+/// The values of [`STATUS`]'s `state` label
+pub const STATUS_STATES: [&str; 5] = ["starting", "valid", "retrying", "expired", "stopped"];
+
+/// What to do to a metric
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Value {
+    /// Add to a counter
+    Increment(u64),
+    /// Set a gauge
+    Set(f64),
+    /// Record a value in a histogram
+    Record(f64),
+}
+
+/// One change to one metric with its labels (in [`MetricDef::labels`] order)
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observation {
+    /// Which metric
+    pub metric: &'static MetricDef,
+    /// Label name and value pairs, in the metric's label order
+    pub labels: Vec<(&'static str, String)>,
+    /// What to do
+    pub value: Value,
+}
+
+impl Observation {
+    fn new(metric: &'static MetricDef, value: Value) -> Self {
+        Self {
+            metric,
+            labels: Vec::new(),
+            value,
+        }
+    }
+
+    fn label(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.labels.push((name, value.into()));
+        self
+    }
+
+    /// The value of label `name`, if it has one
+    pub fn label_value(&self, name: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The `kind` label of [`FETCH_FAILURES`] for `error`
+pub fn fetch_failure_kind(error: &FetchError) -> &'static str {
+    match error {
+        FetchError::Transport(_) => "transport",
+        FetchError::Response(_) => "response",
+        FetchError::TimedOut { .. } => "timed_out",
+        FetchError::Token(_) => "token",
+        FetchError::NoLifetime => "no_lifetime",
+        FetchError::AlreadyExpired => "already_expired",
+    }
+}
+
+fn reauth_kind(kind: &ReauthErrorKind) -> &'static str {
+    match kind {
+        ReauthErrorKind::WrongPass => "wrongpass",
+        ReauthErrorKind::NoAuth => "noauth",
+        ReauthErrorKind::Connection => "connection",
+        ReauthErrorKind::Other => "other",
+    }
+}
+
+/// The [`STATUS`] state name of `status`
+pub fn status_state(status: &Status) -> &'static str {
+    match status {
+        Status::Starting { .. } => "starting",
+        Status::Valid { .. } => "valid",
+        Status::Retrying { .. } => "retrying",
+        Status::Expired { .. } => "expired",
+        Status::Stopped => "stopped",
+    }
+}
+
+fn status_set(current: &str) -> impl Iterator<Item = Observation> + '_ {
+    STATUS_STATES.iter().map(move |state| {
+        Observation::new(&STATUS, Value::Set(f64::from(u8::from(*state == current))))
+            .label("state", *state)
+    })
+}
+
+fn seconds_left(expires_at: Instant, now: Instant) -> Observation {
+    Observation::new(
+        &TOKEN_SECONDS_LEFT,
+        Value::Set(expires_at.saturating_duration_since(now).as_secs_f64()),
+    )
+}
+
+/// The gauges a [`Status`] read at `now` sets: [`STATUS`] (one observation per state) and
+/// [`TOKEN_SECONDS_LEFT`]
+///
+/// For drivers that read `TokenManager::status()` after each drain, and for periodic
+/// refreshes of the seconds-left gauge between events.
+pub fn observe_status(status: &Status, now: Instant) -> Vec<Observation> {
+    let left = match status {
+        Status::Valid { expires_at, .. } | Status::Retrying { expires_at, .. } => {
+            seconds_left(*expires_at, now)
+        }
+        _ => Observation::new(&TOKEN_SECONDS_LEFT, Value::Set(0.0)),
+    };
+    status_set(status_state(status))
+        .chain(std::iter::once(left))
+        .collect()
+}
+
+/// The counters and gauges `event`, observed at `now`, moves, for a provider whose identity
+/// is `source` (its name, e.g. `TokenSource::name()`)
+///
+/// Stateless, so a few things are left to [`MetricsTracker`]: the fetch-latency histogram
+/// (needs the fetch's start), the status after a failure (`retrying` or `starting` depends on
+/// whether a token is held; this function leaves the status gauge alone then), re-auth
+/// successes and fan-out latency (from [`FanOutReport`]s), and dropped events.
+pub fn observe_event(event: &Event, source: &str, now: Instant) -> Vec<Observation> {
+    let requests = |outcome: &str| {
+        Observation::new(&TOKEN_REQUESTS, Value::Increment(1))
+            .label("source", source)
+            .label("outcome", outcome)
+    };
+    let mut out = Vec::new();
+    match event {
+        Event::Refreshed {
+            generation,
+            expires_at,
+            ..
+        } => {
+            out.push(requests("ok"));
+            if generation.0 > 1 {
+                out.push(Observation::new(&ROTATIONS, Value::Increment(1)));
+            }
+            out.push(seconds_left(*expires_at, now));
+            out.extend(status_set("valid"));
+        }
+        Event::TokenNotNewer { expires_at, .. } => {
+            out.push(requests("not_newer"));
+            out.push(seconds_left(*expires_at, now));
+            out.extend(status_set("valid"));
+        }
+        Event::FetchFailed {
+            error, retryable, ..
+        } => {
+            out.push(requests("error"));
+            out.push(
+                Observation::new(&FETCH_FAILURES, Value::Increment(1))
+                    .label("kind", fetch_failure_kind(error))
+                    .label("retryable", if *retryable { "true" } else { "false" }),
+            );
+        }
+        Event::RetriesExhausted { .. } => {
+            out.push(Observation::new(&RETRIES_EXHAUSTED, Value::Increment(1)));
+        }
+        Event::Expired { .. } => {
+            out.push(Observation::new(&EXPIRATIONS, Value::Increment(1)));
+            out.push(Observation::new(&TOKEN_SECONDS_LEFT, Value::Set(0.0)));
+            out.extend(status_set("expired"));
+        }
+        Event::ReauthFailed { error, .. } => {
+            out.push(
+                Observation::new(&REAUTH_REJECTIONS, Value::Increment(1))
+                    .label("kind", reauth_kind(&error.kind)),
+            );
+        }
+        Event::ClockSkew { .. } => {}
+        Event::Stopped => {
+            out.push(Observation::new(&TOKEN_SECONDS_LEFT, Value::Set(0.0)));
+            out.extend(status_set("stopped"));
+        }
+    }
+    out
+}
+
+/// One rotation as the tracker follows it through growing fan-out snapshots
+#[derive(Debug, Default)]
+struct RotationSeen {
+    connections: usize,
+    failed_attempts: u64,
+    max: Duration,
+    /// The fan-out latency was recorded; nothing more is recorded for this rotation
+    settled: bool,
+}
+
+/// Follows one provider's events, fetches and fan-out reports, and produces every observation
+/// of [`METRICS`]
+///
+/// Feed it from a place that sees every drained action or event ([`on_action`], or
+/// [`on_fetch_started`] + [`on_event`]), the fan-out reports whenever convenient
+/// ([`on_fan_out`], with the full list each time: it counts only what is new), the running
+/// total of dropped events ([`on_dropped_events`]), and optionally [`tick`] to keep the
+/// seconds-left gauge current between events.
+///
+/// Fan-out latency is recorded once per rotation, when the rotation is over: when a newer
+/// rotation shows up in the reports, or when the token it replaced has expired (a connection
+/// not re-authenticated by then has been closed by the server), or at [`Event::Stopped`].
+///
+/// [`on_action`]: Self::on_action
+/// [`on_fetch_started`]: Self::on_fetch_started
+/// [`on_event`]: Self::on_event
+/// [`on_fan_out`]: Self::on_fan_out
+/// [`on_dropped_events`]: Self::on_dropped_events
+/// [`tick`]: Self::tick
+#[derive(Debug)]
+pub struct MetricsTracker {
+    source: String,
+    fetch_started: Option<Instant>,
+    /// Current token's generation and expiry
+    token: Option<(Generation, Instant)>,
+    expired: bool,
+    /// Expiry of the token each generation replaced, to know when its rotation is over
+    replaced_expiry: BTreeMap<Generation, Instant>,
+    rotations: BTreeMap<Generation, RotationSeen>,
+    dropped_events: u64,
+}
+
+/// How many rotations the tracker remembers (as many as a fan-out log keeps)
+const KEPT_ROTATIONS: usize = 64;
+
+impl MetricsTracker {
+    /// A tracker for a provider whose identity is named `source`
+    pub fn new(source: impl Into<String>) -> Self {
+        Self {
+            source: source.into(),
+            fetch_started: None,
+            token: None,
+            expired: false,
+            replaced_expiry: BTreeMap::new(),
+            rotations: BTreeMap::new(),
+            dropped_events: 0,
+        }
+    }
+
+    /// Renames the source label from now on (e.g. once the default chain found its winner)
+    pub fn set_source(&mut self, source: impl Into<String>) {
+        self.source = source.into();
+    }
+
+    /// The current `source` label
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// A token request started at `now` (the driver performs [`Action::FetchToken`])
+    pub fn on_fetch_started(&mut self, now: Instant) {
+        self.fetch_started = Some(now);
+    }
+
+    /// Everything a drained action observed at `now` moves: a fetch start is remembered, an
+    /// event is mapped; `Reauthenticate` and `Wait` move nothing
+    pub fn on_action(&mut self, action: &Action, now: Instant) -> Vec<Observation> {
+        match action {
+            Action::FetchToken { .. } => {
+                self.on_fetch_started(now);
+                Vec::new()
+            }
+            Action::Event(event) => self.on_event(event, now),
+            Action::Reauthenticate { .. } | Action::Wait { .. } => Vec::new(),
+        }
+    }
+
+    /// Everything `event`, observed at `now`, moves
+    pub fn on_event(&mut self, event: &Event, now: Instant) -> Vec<Observation> {
+        let mut out = observe_event(event, &self.source, now);
+        let outcome = match event {
+            Event::Refreshed { .. } | Event::TokenNotNewer { .. } => Some("ok"),
+            Event::FetchFailed { .. } => Some("error"),
+            _ => None,
+        };
+        if let Some(outcome) = outcome {
+            if let Some(started) = self.fetch_started.take() {
+                out.push(
+                    Observation::new(
+                        &FETCH_LATENCY,
+                        Value::Record(now.saturating_duration_since(started).as_secs_f64()),
+                    )
+                    .label("source", self.source.clone())
+                    .label("outcome", outcome),
+                );
+            }
+        }
+        match event {
+            Event::Refreshed {
+                generation,
+                expires_at,
+                ..
+            } => {
+                if let Some((_, old_expiry)) = self.token {
+                    if !self.expired {
+                        self.replaced_expiry.insert(*generation, old_expiry);
+                        while self.replaced_expiry.len() > KEPT_ROTATIONS {
+                            self.replaced_expiry.pop_first();
+                        }
+                    }
+                }
+                self.token = Some((*generation, *expires_at));
+                self.expired = false;
+            }
+            Event::FetchFailed { .. } => {
+                let state = match (self.token, self.expired) {
+                    (None, _) => "starting",
+                    (Some(_), true) => "expired",
+                    (Some(_), false) => "retrying",
+                };
+                out.extend(status_set(state));
+            }
+            Event::Expired { .. } => self.expired = true,
+            Event::Stopped => {
+                self.token = None;
+                out.extend(self.settle(|_, _| true));
+            }
+            _ => {}
+        }
+        out.extend(self.settle_over(now));
+        out
+    }
+
+    /// The seconds-left gauge at `now`, and fan-out latencies of rotations that are over
+    pub fn tick(&mut self, now: Instant) -> Vec<Observation> {
+        let mut out = vec![match (self.token, self.expired) {
+            (Some((_, expires_at)), false) => seconds_left(expires_at, now),
+            _ => Observation::new(&TOKEN_SECONDS_LEFT, Value::Set(0.0)),
+        }];
+        out.extend(self.settle_over(now));
+        out
+    }
+
+    /// Re-authentication counts and fan-out latencies from `reports` (the whole current list,
+    /// e.g. `FanOutLog::reports()`), observed at `now`; only what changed since the last call
+    /// is counted
+    pub fn on_fan_out(&mut self, reports: &[FanOutReport], now: Instant) -> Vec<Observation> {
+        let mut out = Vec::new();
+        for report in reports {
+            // Counts move even after the rotation's latency was recorded: a late retry of a
+            // refused AUTH still happened.
+            let seen = self.rotations.entry(report.generation).or_default();
+            let ok = report.connections.saturating_sub(seen.connections);
+            let failed = report.failed_attempts.saturating_sub(seen.failed_attempts);
+            if ok > 0 {
+                out.push(
+                    Observation::new(&REAUTHS, Value::Increment(ok as u64)).label("outcome", "ok"),
+                );
+            }
+            if failed > 0 {
+                out.push(
+                    Observation::new(&REAUTHS, Value::Increment(failed)).label("outcome", "failed"),
+                );
+            }
+            seen.connections = seen.connections.max(report.connections);
+            seen.failed_attempts = seen.failed_attempts.max(report.failed_attempts);
+            seen.max = seen.max.max(report.max);
+        }
+        while self.rotations.len() > KEPT_ROTATIONS {
+            self.rotations.pop_first();
+        }
+        // A newer rotation in the reports means every older one is over.
+        if let Some(newest) = reports.iter().map(|r| r.generation).max() {
+            out.extend(self.settle(|generation, _| generation < newest));
+        }
+        out.extend(self.settle_over(now));
+        out
+    }
+
+    /// Events dropped so far in total (e.g. `Provider::dropped_events()`); counts the increase
+    pub fn on_dropped_events(&mut self, total: u64) -> Vec<Observation> {
+        let new = total.saturating_sub(self.dropped_events);
+        self.dropped_events = self.dropped_events.max(total);
+        if new == 0 {
+            return Vec::new();
+        }
+        vec![Observation::new(&EVENTS_DROPPED, Value::Increment(new))]
+    }
+
+    /// Settles rotations whose replaced token has expired by `now`
+    fn settle_over(&mut self, now: Instant) -> Vec<Observation> {
+        let replaced = self.replaced_expiry.clone();
+        self.settle(|generation, _| replaced.get(&generation).is_some_and(|exp| *exp <= now))
+    }
+
+    fn settle(&mut self, over: impl Fn(Generation, &RotationSeen) -> bool) -> Vec<Observation> {
+        let mut out = Vec::new();
+        for (generation, seen) in &mut self.rotations {
+            if seen.settled || seen.connections == 0 || !over(*generation, seen) {
+                continue;
+            }
+            seen.settled = true;
+            out.push(Observation::new(
+                &REAUTH_FAN_OUT_LATENCY,
+                Value::Record(seen.max.as_secs_f64()),
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{ReauthError, ResponseError, TransportError};
+    use crate::fan_out::FanOutLog;
+
+    /// Any instant will do (only differences matter); the test, not the core, reads the clock
+    #[allow(clippy::disallowed_methods)]
+    fn t0() -> Instant {
+        Instant::now()
+    }
+
+    fn refreshed(generation: u64, at: Instant, ttl_s: u64) -> Event {
+        Event::Refreshed {
+            generation: Generation(generation),
+            expires_at: at + Duration::from_secs(ttl_s),
+            refresh_at: at + Duration::from_secs(ttl_s * 7 / 10),
+        }
+    }
+
+    fn failed(at: Instant, error: FetchError, retryable: bool) -> Event {
+        Event::FetchFailed {
+            attempt: 1,
+            error,
+            retryable,
+            next_attempt_at: at + Duration::from_secs(1),
+        }
+    }
+
+    fn find<'a>(out: &'a [Observation], metric: &MetricDef) -> Vec<&'a Observation> {
+        out.iter()
+            .filter(|o| o.metric.name == metric.name)
+            .collect()
+    }
+
+    fn state(out: &[Observation]) -> Option<&str> {
+        find(out, &STATUS)
+            .into_iter()
+            .find(|o| o.value == Value::Set(1.0))
+            .and_then(|o| o.label_value("state"))
+    }
+
+    #[test]
+    fn every_metric_has_a_unique_prometheus_style_name_and_help() {
+        let mut names: Vec<_> = METRICS.iter().map(|m| m.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), METRICS.len());
+        for m in METRICS {
+            assert!(m.name.starts_with("redis_entraid_"), "{}", m.name);
+            assert_eq!(
+                m.kind == MetricKind::Counter,
+                m.name.ends_with("_total"),
+                "{}",
+                m.name
+            );
+            assert_eq!(
+                m.unit == "seconds",
+                m.name.ends_with("_seconds"),
+                "{}",
+                m.name
+            );
+            assert!(!m.help.is_empty());
+        }
+    }
+
+    #[test]
+    fn observations_carry_exactly_their_metrics_labels_in_order() {
+        let t = t0();
+        let mut tracker = MetricsTracker::new("IMDS");
+        let mut all = Vec::new();
+        tracker.on_fetch_started(t);
+        all.extend(tracker.on_event(&refreshed(1, t, 60), t));
+        tracker.on_fetch_started(t);
+        all.extend(tracker.on_event(
+            &failed(t, TransportError::new("down").into(), true),
+            t + Duration::from_millis(5),
+        ));
+        all.extend(tracker.on_event(
+            &Event::ReauthFailed {
+                generation: Generation(1),
+                error: ReauthError::from_server_reply("WRONGPASS invalid"),
+            },
+            t,
+        ));
+        all.extend(tracker.on_event(
+            &Event::Expired {
+                generation: Generation(1),
+            },
+            t,
+        ));
+        for o in &all {
+            let names: Vec<_> = o.labels.iter().map(|(n, _)| *n).collect();
+            assert_eq!(names, o.metric.labels, "{}", o.metric.name);
+            let value_fits = matches!(
+                (o.metric.kind, o.value),
+                (MetricKind::Counter, Value::Increment(_))
+                    | (MetricKind::Gauge, Value::Set(_))
+                    | (MetricKind::Histogram, Value::Record(_))
+            );
+            assert!(value_fits, "{o:?}");
+        }
+    }
+
+    #[test]
+    fn a_refresh_counts_a_request_sets_the_gauges_and_rotations_start_at_the_second_token() {
+        let t = t0();
+        let first = observe_event(&refreshed(1, t, 3600), "IMDS", t + Duration::from_secs(10));
+        let requests = find(&first, &TOKEN_REQUESTS);
+        assert_eq!(requests.len(), 1);
+        assert_eq!(requests[0].label_value("source"), Some("IMDS"));
+        assert_eq!(requests[0].label_value("outcome"), Some("ok"));
+        assert!(find(&first, &ROTATIONS).is_empty());
+        assert_eq!(
+            find(&first, &TOKEN_SECONDS_LEFT)[0].value,
+            Value::Set(3590.0)
+        );
+        assert_eq!(state(&first), Some("valid"));
+        assert_eq!(find(&first, &STATUS).len(), STATUS_STATES.len());
+
+        let second = observe_event(&refreshed(2, t, 3600), "IMDS", t);
+        assert_eq!(find(&second, &ROTATIONS)[0].value, Value::Increment(1));
+    }
+
+    #[test]
+    fn a_failure_is_counted_by_kind_and_retryability() {
+        let t = t0();
+        let cases: [(FetchError, bool, &str); 4] = [
+            (TransportError::new("refused").into(), true, "transport"),
+            (
+                ResponseError::new("invalid_client", false).into(),
+                false,
+                "response",
+            ),
+            (
+                FetchError::TimedOut {
+                    after: Duration::from_secs(1),
+                },
+                true,
+                "timed_out",
+            ),
+            (FetchError::AlreadyExpired, false, "already_expired"),
+        ];
+        for (error, retryable, kind) in cases {
+            let out = observe_event(&failed(t, error, retryable), "client secret", t);
+            let failure = find(&out, &FETCH_FAILURES);
+            assert_eq!(failure[0].label_value("kind"), Some(kind));
+            assert_eq!(
+                failure[0].label_value("retryable"),
+                Some(if retryable { "true" } else { "false" })
+            );
+            assert_eq!(
+                find(&out, &TOKEN_REQUESTS)[0].label_value("outcome"),
+                Some("error")
+            );
+        }
+    }
+
+    #[test]
+    fn the_status_after_a_failure_depends_on_whether_a_token_is_held() {
+        let t = t0();
+        let mut tracker = MetricsTracker::new("IMDS");
+        let error = || failed(t, TransportError::new("down").into(), true);
+        assert_eq!(state(&tracker.on_event(&error(), t)), Some("starting"));
+        tracker.on_event(&refreshed(1, t, 60), t);
+        assert_eq!(state(&tracker.on_event(&error(), t)), Some("retrying"));
+        let expired = tracker.on_event(
+            &Event::Expired {
+                generation: Generation(1),
+            },
+            t,
+        );
+        assert_eq!(state(&expired), Some("expired"));
+        assert_eq!(find(&expired, &EXPIRATIONS)[0].value, Value::Increment(1));
+        assert_eq!(
+            find(&expired, &TOKEN_SECONDS_LEFT)[0].value,
+            Value::Set(0.0)
+        );
+        assert_eq!(state(&tracker.on_event(&error(), t)), Some("expired"));
+        assert_eq!(
+            state(&tracker.on_event(&Event::Stopped, t)),
+            Some("stopped")
+        );
+    }
+
+    #[test]
+    fn fetch_latency_runs_from_the_fetch_action_to_its_answer() {
+        let t = t0();
+        let mut tracker = MetricsTracker::new("workload identity");
+        let fetch = Action::FetchToken {
+            id: crate::event::RequestId(1),
+            attempt: 1,
+            deadline: t + Duration::from_secs(10),
+        };
+        assert!(tracker.on_action(&fetch, t).is_empty());
+        let out = tracker.on_action(
+            &Action::Event(refreshed(1, t, 60)),
+            t + Duration::from_millis(250),
+        );
+        let latency = find(&out, &FETCH_LATENCY);
+        assert_eq!(latency.len(), 1);
+        assert_eq!(latency[0].value, Value::Record(0.25));
+        assert_eq!(latency[0].label_value("source"), Some("workload identity"));
+        assert_eq!(latency[0].label_value("outcome"), Some("ok"));
+        // No fetch started since: an event alone records no latency.
+        let again = tracker.on_event(&refreshed(2, t, 60), t + Duration::from_secs(1));
+        assert!(find(&again, &FETCH_LATENCY).is_empty());
+    }
+
+    #[test]
+    fn reauth_counts_only_what_is_new_in_each_snapshot() {
+        let t = t0();
+        let mut tracker = MetricsTracker::new("IMDS");
+        let log = FanOutLog::default();
+        log.record_ok(Generation(2), Duration::from_millis(3), None);
+        log.record_failure(Generation(2));
+        let out = tracker.on_fan_out(&log.reports(), t);
+        let reauths = find(&out, &REAUTHS);
+        assert_eq!(reauths.len(), 2);
+        assert_eq!(reauths[0].value, Value::Increment(1));
+        assert_eq!(reauths[0].label_value("outcome"), Some("ok"));
+        assert_eq!(reauths[1].label_value("outcome"), Some("failed"));
+        // The same snapshot again counts nothing; two more connections count two.
+        assert!(find(&tracker.on_fan_out(&log.reports(), t), &REAUTHS).is_empty());
+        log.record_ok(Generation(2), Duration::from_millis(7), None);
+        log.record_ok(Generation(2), Duration::from_millis(5), None);
+        let more = tracker.on_fan_out(&log.reports(), t);
+        assert_eq!(find(&more, &REAUTHS)[0].value, Value::Increment(2));
+    }
+
+    #[test]
+    fn fan_out_latency_is_recorded_once_when_a_newer_rotation_appears() {
+        let t = t0();
+        let mut tracker = MetricsTracker::new("IMDS");
+        let log = FanOutLog::default();
+        log.record_ok(Generation(2), Duration::from_millis(3), None);
+        log.record_ok(Generation(2), Duration::from_millis(9), None);
+        assert!(find(
+            &tracker.on_fan_out(&log.reports(), t),
+            &REAUTH_FAN_OUT_LATENCY
+        )
+        .is_empty());
+        log.record_ok(Generation(3), Duration::from_millis(4), None);
+        let out = tracker.on_fan_out(&log.reports(), t);
+        let latency = find(&out, &REAUTH_FAN_OUT_LATENCY);
+        assert_eq!(latency.len(), 1);
+        assert_eq!(latency[0].value, Value::Record(0.009));
+        assert!(find(
+            &tracker.on_fan_out(&log.reports(), t),
+            &REAUTH_FAN_OUT_LATENCY
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn reauths_after_a_rotation_settled_are_still_counted() {
+        let t = t0();
+        let mut tracker = MetricsTracker::new("IMDS");
+        let log = FanOutLog::default();
+        log.record_ok(Generation(2), Duration::from_millis(3), None);
+        log.record_ok(Generation(3), Duration::from_millis(3), None);
+        tracker.on_fan_out(&log.reports(), t);
+        log.record_failure(Generation(2));
+        let out = tracker.on_fan_out(&log.reports(), t);
+        let failed = find(&out, &REAUTHS);
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].label_value("outcome"), Some("failed"));
+        assert!(find(&out, &REAUTH_FAN_OUT_LATENCY).is_empty());
+    }
+
+    #[test]
+    fn fan_out_latency_is_recorded_when_the_replaced_token_expires() {
+        let t = t0();
+        let mut tracker = MetricsTracker::new("IMDS");
+        tracker.on_event(&refreshed(1, t, 10), t);
+        let second_at = t + Duration::from_secs(7);
+        tracker.on_event(&refreshed(2, second_at, 10), second_at);
+        let log = FanOutLog::default();
+        log.record_ok(
+            Generation(2),
+            Duration::from_millis(20),
+            Some(Duration::from_secs(3)),
+        );
+        let before = tracker.on_fan_out(&log.reports(), second_at);
+        assert!(find(&before, &REAUTH_FAN_OUT_LATENCY).is_empty());
+        // Token 1 expires at t + 10 s: the rotation to token 2 is over then.
+        let after = tracker.tick(t + Duration::from_secs(10));
+        assert_eq!(
+            find(&after, &REAUTH_FAN_OUT_LATENCY)[0].value,
+            Value::Record(0.02)
+        );
+        assert_eq!(find(&after, &TOKEN_SECONDS_LEFT)[0].value, Value::Set(7.0));
+    }
+
+    #[test]
+    fn dropped_events_count_the_increase_of_the_running_total() {
+        let mut tracker = MetricsTracker::new("IMDS");
+        assert!(tracker.on_dropped_events(0).is_empty());
+        assert_eq!(tracker.on_dropped_events(3)[0].value, Value::Increment(3));
+        assert!(tracker.on_dropped_events(3).is_empty());
+        assert_eq!(tracker.on_dropped_events(4)[0].value, Value::Increment(1));
+    }
+
+    #[test]
+    fn a_status_maps_to_the_state_set_and_seconds_left() {
+        let t = t0();
+        let status = Status::Retrying {
+            generation: Generation(3),
+            expires_at: t + Duration::from_secs(30),
+            failures: 2,
+        };
+        let out = observe_status(&status, t);
+        assert_eq!(state(&out), Some("retrying"));
+        assert_eq!(find(&out, &TOKEN_SECONDS_LEFT)[0].value, Value::Set(30.0));
+        let out = observe_status(&Status::Starting { failures: 0 }, t);
+        assert_eq!(state(&out), Some("starting"));
+        assert_eq!(find(&out, &TOKEN_SECONDS_LEFT)[0].value, Value::Set(0.0));
+    }
+}
