@@ -17,7 +17,7 @@ use redis_entraid_core::config::{Config, RefreshPolicy, RetryPolicy};
 use redis_entraid_core::error::FetchError;
 use redis_entraid_core::event::{Event, Generation, Status};
 use redis_entraid_core::fan_out::FanOutLog;
-use redis_entraid_core::metrics::{MetricKind, MetricsTracker, Observation, Value, METRICS};
+use redis_entraid_core::metrics::{record, MetricsTracker};
 use redis_entraid_core::token::TokenResponse;
 use serde_json::json;
 
@@ -83,22 +83,6 @@ impl Tuning {
     }
 }
 
-/// Hands observations to the `metrics` facade (a no-op without an installed recorder)
-fn record(observations: &[Observation]) {
-    for o in observations {
-        let labels: Vec<metrics::Label> = o
-            .labels
-            .iter()
-            .map(|(k, v)| metrics::Label::new(*k, v.clone()))
-            .collect();
-        match o.value {
-            Value::Increment(n) => metrics::counter!(o.metric.name, labels).increment(n),
-            Value::Set(v) => metrics::gauge!(o.metric.name, labels).set(v),
-            Value::Record(v) => metrics::histogram!(o.metric.name, labels).record(v),
-        }
-    }
-}
-
 /// Installs the Prometheus exporter with its HTTP listener and describes every metric
 fn install_prometheus(addr: std::net::SocketAddr) -> Result<(), CliError> {
     metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -112,18 +96,7 @@ fn install_prometheus(addr: std::net::SocketAddr) -> Result<(), CliError> {
                 .cause(e)
                 .advice("pick a free address, e.g. --prometheus 127.0.0.1:9464")
         })?;
-    for m in METRICS {
-        // Label-less counters are exported from the start, at 0, so a dashboard or an alert
-        // on them works before anything happened.
-        if m.kind == MetricKind::Counter && m.labels.is_empty() {
-            metrics::counter!(m.name).absolute(0);
-        }
-        match m.kind {
-            MetricKind::Counter => metrics::describe_counter!(m.name, m.help),
-            MetricKind::Gauge => metrics::describe_gauge!(m.name, m.help),
-            MetricKind::Histogram => metrics::describe_histogram!(m.name, m.help),
-        }
-    }
+    redis_entraid_core::metrics::describe_all();
     Ok(())
 }
 

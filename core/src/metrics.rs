@@ -607,6 +607,109 @@ impl MetricsTracker {
     }
 }
 
+/// A driver's recorder: feeds the `metrics` facade with what the driver sees
+///
+/// The one place where observations leave the core. Every runtime's driver calls
+/// [`action`](Recorder::action) for each drained action and [`idle`](Recorder::idle) before it
+/// sleeps; with the core's `metrics` feature (which each runtime's `metrics` feature turns on)
+/// they reach the facade, and `idle` caps the sleep at [`GAUGE_INTERVAL`] so the seconds-left
+/// gauge stays current. Without the feature both are no-ops, so drivers need no `cfg`. Without
+/// an installed recorder (Prometheus, OpenTelemetry and StatsD exporters install one) the
+/// facade drops everything.
+#[derive(Debug)]
+pub struct Recorder {
+    #[cfg(feature = "metrics")]
+    tracker: MetricsTracker,
+    #[cfg(feature = "metrics")]
+    fan_out: Option<std::sync::Arc<crate::fan_out::FanOutLog>>,
+}
+
+/// How long a driver recording metrics sleeps at most, so gauges stay current
+pub const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Recorder {
+    /// A recorder for a provider whose identity is named `source`, reading re-authentication
+    /// reports from `fan_out` when the runtime keeps one; describes every metric and exports the
+    /// label-less counters at 0, so dashboards and alerts work before anything happened
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    pub fn new(
+        source: impl Into<String>,
+        fan_out: Option<std::sync::Arc<crate::fan_out::FanOutLog>>,
+    ) -> Self {
+        #[cfg(feature = "metrics")]
+        describe_all();
+        Self {
+            #[cfg(feature = "metrics")]
+            tracker: MetricsTracker::new(source),
+            #[cfg(feature = "metrics")]
+            fan_out,
+        }
+    }
+
+    /// Records what a drained `action` moves
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    pub fn action(&mut self, action: &Action, now: Instant) {
+        #[cfg(feature = "metrics")]
+        record(&self.tracker.on_action(action, now));
+    }
+
+    /// Records the gauges at `now`, the events dropped so far (`dropped_events`, a running
+    /// total) and the re-authentications reported since the last call; returns when the driver
+    /// should wake next (`until`, or sooner to refresh the gauges)
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    pub fn idle(
+        &mut self,
+        now: Instant,
+        dropped_events: u64,
+        until: Option<Instant>,
+    ) -> Option<Instant> {
+        #[cfg(feature = "metrics")]
+        let until = {
+            record(&self.tracker.tick(now));
+            record(&self.tracker.on_dropped_events(dropped_events));
+            if let Some(log) = &self.fan_out {
+                record(&self.tracker.on_fan_out(&log.reports(), now));
+            }
+            let refresh = now + GAUGE_INTERVAL;
+            Some(until.map_or(refresh, |until| until.min(refresh)))
+        };
+        until
+    }
+}
+
+/// Hands `observations` to the `metrics` facade
+#[cfg(feature = "metrics")]
+pub fn record(observations: &[Observation]) {
+    for o in observations {
+        let labels: Vec<metrics::Label> = o
+            .labels
+            .iter()
+            .map(|(k, v)| metrics::Label::new(*k, v.clone()))
+            .collect();
+        match o.value {
+            Value::Increment(n) => metrics::counter!(o.metric.name, labels).increment(n),
+            Value::Set(v) => metrics::gauge!(o.metric.name, labels).set(v),
+            Value::Record(v) => metrics::histogram!(o.metric.name, labels).record(v),
+        }
+    }
+}
+
+/// Describes every metric of [`METRICS`] to the installed recorder, and exports the label-less
+/// counters at 0
+#[cfg(feature = "metrics")]
+pub fn describe_all() {
+    for m in METRICS {
+        if m.kind == MetricKind::Counter && m.labels.is_empty() {
+            metrics::counter!(m.name).absolute(0);
+        }
+        match m.kind {
+            MetricKind::Counter => metrics::describe_counter!(m.name, m.help),
+            MetricKind::Gauge => metrics::describe_gauge!(m.name, m.help),
+            MetricKind::Histogram => metrics::describe_histogram!(m.name, m.help),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

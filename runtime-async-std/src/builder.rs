@@ -10,9 +10,10 @@ use redis_entraid_core::config::Config;
 use redis_entraid_core::identity::chain::DefaultChain;
 use redis_entraid_core::identity::TokenSource;
 use redis_entraid_core::machine::TokenManager;
+use redis_entraid_core::metrics::Recorder;
 use redis_entraid_core::startup::{Startup, StartupError};
 
-use crate::driver::{run, Driver};
+use crate::driver::{run, Driver, Parts};
 use crate::provider::{Inner, Provider};
 use crate::shared::Shared;
 
@@ -69,15 +70,23 @@ impl ProviderBuilder {
             async_broadcast::broadcast(self.event_capacity.unwrap_or(256).max(1));
         events.set_overflow(true);
         let inactive = inactive.deactivate();
-        let run = run(
-            TokenManager::new(seeded(self.config.clone()), Instant::now()),
-            Arc::new(fetcher),
-            Arc::clone(&shared),
-            rx,
-            tx.clone(),
-            Arc::clone(&signals),
-            events.clone(),
-        );
+        #[cfg(feature = "redis")]
+        let fan_out = Arc::new(redis_entraid_core::fan_out::FanOutLog::default());
+        #[cfg(feature = "redis")]
+        let reported = Some(Arc::clone(&fan_out));
+        #[cfg(not(feature = "redis"))]
+        let reported = None;
+        let metrics = Recorder::new(fetcher.name(), reported);
+        let run = run(Parts {
+            machine: TokenManager::new(seeded(self.config.clone()), Instant::now()),
+            fetcher: Arc::new(fetcher),
+            shared: Arc::clone(&shared),
+            inputs: rx,
+            loopback: tx.clone(),
+            signals: Arc::clone(&signals),
+            events: events.clone(),
+            metrics,
+        });
         let provider = Provider {
             inner: Arc::new(Inner {
                 shared,
@@ -87,7 +96,7 @@ impl ProviderBuilder {
                 config: self.config,
                 reported: Arc::new(AtomicU64::new(0)),
                 #[cfg(feature = "redis")]
-                fan_out: Arc::default(),
+                fan_out,
             }),
         };
         (provider, Driver(Box::pin(run)))

@@ -17,6 +17,7 @@ use redis_entraid_core::command::{Command, Signals};
 use redis_entraid_core::error::FetchError;
 use redis_entraid_core::event::{Action, Event, RequestId, Severity};
 use redis_entraid_core::machine::TokenManager;
+use redis_entraid_core::metrics::Recorder;
 use redis_entraid_core::token::TokenResponse;
 
 use crate::shared::Shared;
@@ -65,17 +66,38 @@ impl fmt::Debug for Driver {
     }
 }
 
-pub(crate) async fn run(
-    mut machine: TokenManager,
-    fetcher: Arc<dyn Fetcher>,
-    shared: Arc<Shared>,
-    inputs: Receiver<Input>,
-    loopback: Sender<Input>,
-    signals: Arc<Signals>,
-    events: EventSender<Event>,
-) {
+/// Everything the driver future owns
+pub(crate) struct Parts {
+    pub(crate) machine: TokenManager,
+    pub(crate) fetcher: Arc<dyn Fetcher>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) inputs: Receiver<Input>,
+    pub(crate) loopback: Sender<Input>,
+    pub(crate) signals: Arc<Signals>,
+    pub(crate) events: EventSender<Event>,
+    pub(crate) metrics: Recorder,
+}
+
+pub(crate) async fn run(parts: Parts) {
+    let Parts {
+        mut machine,
+        fetcher,
+        shared,
+        inputs,
+        loopback,
+        signals,
+        events,
+        mut metrics,
+    } = parts;
     loop {
-        let until = drain(&mut machine, &fetcher, &shared, &loopback, &events);
+        let until = drain(
+            &mut machine,
+            &fetcher,
+            &shared,
+            &loopback,
+            &events,
+            &mut metrics,
+        );
         if shared.lock().is_stopped() {
             return;
         }
@@ -109,14 +131,19 @@ fn drain(
     shared: &Shared,
     loopback: &Sender<Input>,
     events: &EventSender<Event>,
+    metrics: &mut Recorder,
 ) -> Option<Instant> {
     loop {
         let action = machine.poll_action();
         let now = Instant::now();
         let status = machine.status();
         shared.update(|o| o.apply(&action, status, now));
+        metrics.action(&action, now);
         match action {
-            Action::Wait { until } => return until,
+            Action::Wait { until } => {
+                let dropped = shared.dropped_events.load(Ordering::Relaxed);
+                return metrics.idle(now, dropped, until);
+            }
             Action::FetchToken {
                 id,
                 attempt,

@@ -10,6 +10,7 @@ use redis_entraid_core::config::Config;
 use redis_entraid_core::identity::chain::DefaultChain;
 use redis_entraid_core::identity::TokenSource;
 use redis_entraid_core::machine::TokenManager;
+use redis_entraid_core::metrics::Recorder;
 use redis_entraid_core::startup::{Startup, StartupError};
 
 use crate::driver::Driver;
@@ -97,6 +98,7 @@ impl ProviderBuilder {
         let (tx, rx) = mpsc::sync_channel(COMMAND_CAPACITY);
         let signals = Arc::new(Signals::default());
         let driver = Driver {
+            metrics: Recorder::new(source.name(), None),
             signals: Arc::clone(&signals),
             machine: TokenManager::new(seeded(self.config.clone()), Instant::now()),
             source: Arc::new(source),

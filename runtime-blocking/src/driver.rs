@@ -1,6 +1,7 @@
 //! The driver thread: runs the core's machine, fetches on short-lived threads, publishes what
 //! handles read
 
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -10,6 +11,7 @@ use redis_entraid_core::command::{Command, Signals};
 use redis_entraid_core::error::{FetchError, TransportError};
 use redis_entraid_core::event::{Action, Event, RequestId, Severity};
 use redis_entraid_core::machine::TokenManager;
+use redis_entraid_core::metrics::Recorder;
 use redis_entraid_core::token::TokenResponse;
 
 use crate::watch::Shared;
@@ -43,6 +45,7 @@ pub(crate) struct Driver {
     pub(crate) inputs: Receiver<Input>,
     pub(crate) loopback: SyncSender<Input>,
     pub(crate) signals: Arc<Signals>,
+    pub(crate) metrics: Recorder,
 }
 
 impl Driver {
@@ -81,8 +84,12 @@ impl Driver {
             let now = Instant::now();
             let status = self.machine.status();
             self.shared.update(|o| o.apply(&action, status, now));
+            self.metrics.action(&action, now);
             match action {
-                Action::Wait { until } => return until,
+                Action::Wait { until } => {
+                    let dropped = self.shared.dropped_events.load(Ordering::Relaxed);
+                    return self.metrics.idle(now, dropped, until);
+                }
                 Action::FetchToken {
                     id,
                     attempt,

@@ -7,6 +7,7 @@ use std::time::SystemTime;
 use redis_entraid_core::command::{Signals, COMMAND_CAPACITY};
 use redis_entraid_core::config::Config;
 use redis_entraid_core::machine::TokenManager;
+use redis_entraid_core::metrics::Recorder;
 use redis_entraid_core::observed::Observed;
 use redis_entraid_core::startup::{Startup, StartupError};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -136,7 +137,14 @@ impl ProviderBuilder {
         let (commands, commands_rx) = mpsc::channel(COMMAND_CAPACITY);
         let signals = Arc::new(Signals::default());
         let dropped_events = Arc::new(AtomicU64::new(0));
+        #[cfg(feature = "redis")]
+        let fan_out = Arc::new(redis_entraid_core::fan_out::FanOutLog::default());
+        #[cfg(feature = "redis")]
+        let reported = Some(Arc::clone(&fan_out));
+        #[cfg(not(feature = "redis"))]
+        let reported = None;
         let driver = Driver {
+            metrics: Recorder::new(source.name(), reported),
             machine: TokenManager::new(seeded(self.config.clone()), now()),
             source: Arc::new(source),
             state: state_tx,
@@ -159,7 +167,7 @@ impl ProviderBuilder {
                 task,
                 reported: Arc::new(AtomicU64::new(0)),
                 #[cfg(feature = "redis")]
-                fan_out: Arc::default(),
+                fan_out,
             }),
         };
         let startup = self.startup;

@@ -9,6 +9,7 @@ use redis_entraid_core::command::{Command, Signals};
 use redis_entraid_core::error::FetchError;
 use redis_entraid_core::event::{Action, Event, RequestId, Severity};
 use redis_entraid_core::machine::TokenManager;
+use redis_entraid_core::metrics::Recorder;
 use redis_entraid_core::observed::Observed;
 use redis_entraid_core::token::TokenResponse;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -39,6 +40,7 @@ pub(crate) struct Driver {
     pub(crate) commands: mpsc::Receiver<Command>,
     pub(crate) signals: Arc<Signals>,
     pub(crate) fetch: Option<JoinHandle<FetchOutcome>>,
+    pub(crate) metrics: Recorder,
 }
 
 impl Driver {
@@ -105,8 +107,12 @@ impl Driver {
             let status = self.machine.status();
             self.state
                 .send_if_modified(|o| o.apply(&action, status, now));
+            self.metrics.action(&action, now);
             match action {
-                Action::Wait { until } => return until,
+                Action::Wait { until } => {
+                    let dropped = self.dropped_events.load(Ordering::Relaxed);
+                    return self.metrics.idle(now, dropped, until);
+                }
                 Action::FetchToken {
                     id,
                     attempt,
