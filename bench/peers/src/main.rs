@@ -32,6 +32,10 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(10);
 const PROBES: usize = 4;
 /// The "during a rotation" window for P3: from the token's issue, this long.
 const ROTATION_WINDOW: Duration = Duration::from_secs(1);
+/// A control window of the same length this long before each token's issue, when nothing
+/// happens (the other subject's rotation and floors are ≥ 9 s away): the p99 of a few
+/// one-second windows scatters on a shared machine, and this shows by how much.
+const CONTROL_OFFSET: Duration = Duration::from_secs(15);
 const POLL: Duration = Duration::from_micros(200);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -637,6 +641,10 @@ struct Summary {
     floors: Vec<f64>,
     p99_steady: Option<f64>,
     p99_rotation: Option<f64>,
+    /// The same window after each floor's start: what 1000 bare AUTHs alone cost a command
+    p99_floor: Option<f64>,
+    /// The same window [`CONTROL_OFFSET`] before each token's issue
+    p99_control: Option<f64>,
     max_in_fanout: Option<f64>,
     steady_n: usize,
     rotation_n: usize,
@@ -676,7 +684,22 @@ fn summarize(r: &SubjectResult, all: &[(Instant, Instant)]) -> Summary {
     let mut steady: Vec<f64> = Vec::new();
     let mut rotation: Vec<f64> = Vec::new();
     let mut fanout_max: Vec<f64> = Vec::new();
+    let mut floor: Vec<f64> = Vec::new();
+    let mut control: Vec<f64> = Vec::new();
     for s in &r.probes {
+        if r.rotations.iter().any(|x| {
+            x.issued.is_some_and(|i| {
+                s.sent + CONTROL_OFFSET >= i && s.sent + CONTROL_OFFSET < i + ROTATION_WINDOW
+            })
+        }) {
+            control.push(ms(s.latency));
+        }
+        if r.floors
+            .iter()
+            .any(|(a, _)| s.sent >= *a && s.sent < *a + ROTATION_WINDOW)
+        {
+            floor.push(ms(s.latency));
+        }
         let in_rotation = r.rotations.iter().any(|x| {
             x.issued
                 .is_some_and(|i| s.sent >= i && s.sent < i + ROTATION_WINDOW)
@@ -701,6 +724,8 @@ fn summarize(r: &SubjectResult, all: &[(Instant, Instant)]) -> Summary {
         rotation_n: rotation.len(),
         p99_steady: percentile(&mut steady, 99.0),
         p99_rotation: percentile(&mut rotation, 99.0),
+        p99_floor: percentile(&mut floor, 99.0),
+        p99_control: percentile(&mut control, 99.0),
         max_in_fanout: fanout_max.iter().copied().reduce(f64::max),
         probe_errors: r.probes.iter().filter(|s| !s.ok).count(),
         requests_per_rotation: r.rotations.iter().map(|x| x.token_requests).collect(),
@@ -725,7 +750,7 @@ fn verdict(ok: Option<bool>) -> &'static str {
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         connections: 1000,
-        rotations: 3,
+        rotations: 5,
         skip_economy: false,
     };
     let mut it = std::env::args().skip(1);
@@ -742,7 +767,7 @@ fn parse_args() -> Result<Args, String> {
             "--skip-economy" => a.skip_economy = true,
             "-h" | "--help" => {
                 return Err(
-                    "usage: bench-peers [--connections N (1000)] [--rotations N (3)] \
+                    "usage: bench-peers [--connections N (1000)] [--rotations N (5)] \
                      [--skip-economy]"
                         .into(),
                 )
@@ -916,6 +941,16 @@ fn report(
         format!("{} [{}]", fmt_opt(t.p99_rotation), t.rotation_n),
     );
     row(
+        "P3 control: PING p99, 1 s windows 15 s before each issue (ms)",
+        fmt_opt(o.p99_control),
+        fmt_opt(t.p99_control),
+    );
+    row(
+        "P3 reference: PING p99, 1 s from each floor's start (ms)",
+        fmt_opt(o.p99_floor),
+        fmt_opt(t.p99_floor),
+    );
+    row(
         "P3 PING max while the fan-out ran (ms)",
         fmt_opt(o.max_in_fanout),
         fmt_opt(t.max_in_fanout),
@@ -995,6 +1030,15 @@ fn report(
         "| P3 theirs: p99 rotation / p99 steady | {} | ≤ 1.1 | {} |",
         fmt_ratio(r_t3),
         verdict(r_t3.map(|x| x <= 1.1))
+    );
+    println!(
+        "| P3 control: p99 quiet 1 s windows / p99 steady (ours; theirs) | {}; {} | (context: the noise of a 1 s window) | |",
+        fmt_ratio(ratio(o.p99_control, o.p99_steady)),
+        fmt_ratio(ratio(t.p99_control, t.p99_steady))
+    );
+    println!(
+        "| P3 floor: p99 during the bare AUTHs / p99 steady (ours' connections) | {} | (context) | |",
+        fmt_ratio(ratio(o.p99_floor, o.p99_steady))
     );
     println!(
         "| P4 ours: token requests per refresh, every set-up | {} | 1 | {} |",
