@@ -1047,6 +1047,16 @@ fn report(
         fmt_ratio(ratio(t.p99_control, t.p99_steady))
     );
     println!(
+        "| P3 p99 rotation / p99 control (same-length quiet windows; ours; theirs) | {}; {} | (context: rotation against quiet windows of equal size) | |",
+        fmt_ratio(ratio(o.p99_rotation, o.p99_control)),
+        fmt_ratio(ratio(t.p99_rotation, t.p99_control))
+    );
+    println!(
+        "| P3 max PING while the fan-out ran / p99 steady (ours; theirs) | {}; {} | (context: the worst stall) | |",
+        fmt_ratio(ratio(o.max_in_fanout, o.p99_steady)),
+        fmt_ratio(ratio(t.max_in_fanout, t.p99_steady))
+    );
+    println!(
         "| P3 floor: p99 during the bare AUTHs / p99 steady (ours' connections) | {} | (context) | |",
         fmt_ratio(ratio(o.p99_floor, o.p99_steady))
     );
