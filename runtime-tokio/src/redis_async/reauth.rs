@@ -302,7 +302,7 @@ mod tests {
             .unwrap();
         let provider = Provider::builder()
             .config(config)
-            .build(move |_timeout: Duration| {
+            .build_with_fetcher(move |_timeout: Duration| {
                 let i = n.fetch_add(1, Ordering::SeqCst);
                 async move {
                     let exp = SystemTime::now()
