@@ -97,8 +97,9 @@ impl ProviderBuilder {
         let shared = Arc::new(Shared::new());
         let (tx, rx) = mpsc::sync_channel(COMMAND_CAPACITY);
         let signals = Arc::new(Signals::default());
+        let fan_out = Arc::new(redis_entraid_core::fan_out::FanOutLog::default());
         let driver = Driver {
-            metrics: Recorder::new(source.name(), None),
+            metrics: Recorder::new(source.name(), Some(Arc::clone(&fan_out))),
             signals: Arc::clone(&signals),
             machine: TokenManager::new(seeded(self.config.clone()), Instant::now()),
             source: Arc::new(source),
@@ -118,6 +119,7 @@ impl ProviderBuilder {
                 thread: Some(thread),
                 config: self.config,
                 event_capacity: self.event_capacity.unwrap_or(256),
+                fan_out,
             }),
         };
         let startup = self.startup;

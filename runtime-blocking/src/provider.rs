@@ -24,6 +24,8 @@ pub(crate) struct Inner {
     pub(crate) thread: Option<JoinHandle<()>>,
     pub(crate) config: Config,
     pub(crate) event_capacity: usize,
+    /// How rotations reached the connections of `redis_sync` (also read by the metrics)
+    pub(crate) fan_out: Arc<redis_entraid_core::fan_out::FanOutLog>,
 }
 
 impl Drop for Inner {
@@ -161,6 +163,24 @@ impl Provider {
             &self.inner.commands,
             Command::Reauth { generation, result },
         );
+    }
+
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn record_fan_out_ok(&self, generation: Generation, latency: Duration) {
+        self.inner.fan_out.record_ok(generation, latency, None);
+    }
+
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn record_fan_out_failure(&self, generation: Generation) {
+        self.inner.fan_out.record_failure(generation);
+    }
+
+    /// How the latest rotations reached the connections this crate re-authenticates
+    /// ([`redis_sync`](crate::redis_sync) connections, pooled or not): per generation, the
+    /// latency from the token's arrival to each connection's `AUTH` OK (p50, p99, max) and the
+    /// retried attempts. Oldest first; the last 64 rotations are kept.
+    pub fn fan_out_reports(&self) -> Vec<redis_entraid_core::fan_out::FanOutReport> {
+        self.inner.fan_out.reports()
     }
 
     /// Stops the driver now (other clones then see [`Status::Stopped`]); a flag, so even a

@@ -192,10 +192,20 @@ impl LinkCell {
         generation: Generation,
         credentials: &Credentials,
     ) -> RedisResult<()> {
+        let replaced = link.generation;
         let result = link.auth(generation, credentials, self.auth_timeout);
         self.publish(link);
-        if let Err(e) = &result {
-            provider.report_reauth(generation, Err(reauth_error(e)));
+        match &result {
+            // A re-authentication (not a connection's first AUTH) counts towards its rotation.
+            Ok(()) if replaced.is_some_and(|held| held < generation) => {
+                let latency = provider.credentials_age().unwrap_or_default();
+                provider.record_fan_out_ok(generation, latency);
+            }
+            Ok(()) => {}
+            Err(e) => {
+                provider.record_fan_out_failure(generation);
+                provider.report_reauth(generation, Err(reauth_error(e)));
+            }
         }
         result
     }

@@ -142,6 +142,16 @@ fn resp3_connections_authenticate_and_reauthenticate() {
     let counters = emu.counters();
     assert_eq!(counters.redis_auth_failed, 0);
     assert!(counters.redis_auth_ok >= 6, "{counters:?}");
+    // The rotation's fan-out is reported (and so measured by the `metrics` feature): the three
+    // connections re-authenticated, none retried, first AUTHs not counted.
+    let reports = provider.fan_out_reports();
+    let report = reports
+        .iter()
+        .find(|r| r.generation == generation)
+        .expect("the rotation is reported");
+    assert_eq!(report.connections, 3, "{reports:?}");
+    assert_eq!(report.failed_attempts, 0, "{reports:?}");
+    assert!(report.max < Duration::from_secs(3), "{reports:?}");
 }
 
 /// A TCP forwarder to the emulator's proxy whose connections can be frozen one by one: a
