@@ -6,8 +6,9 @@
 //! in its crate: tokio's paused-time tests (a day of hourly tokens, retries past exhaustion, the
 //! default 10 s request timeout, the slow pace of permanent errors, a lagging broadcast receiver)
 //! in `runtime-tokio/tests/driver.rs`; the async-std driver under async-std's own executor in
-//! `runtime-async-std/tests/provider.rs`; the command flood, which measures this process's
-//! memory and so must not share it with parallel tests, in each `tests/bounded_resources.rs`.
+//! `runtime-async-std/tests/provider.rs`. The command flood measures this process's memory and
+//! so must not share it with parallel tests: it runs for every runtime, serialized, in
+//! `bounded_resources.rs`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
 
