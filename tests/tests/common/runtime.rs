@@ -245,6 +245,69 @@ pub(crate) trait EventStream {
     fn recv_within(&mut self, timeout: Duration) -> Option<Event>;
 }
 
+/// Implements [`ProviderHandle`] and [`SubscriptionHandle`] for a runtime's provider and
+/// subscription: every method is the runtime's own, of the same name; the async ones are run
+/// to completion with `$block_on`
+macro_rules! handles {
+    ($provider:ty, $subscription:ty, $events:ty, $block_on:path) => {
+        impl ProviderHandle for $provider {
+            type Subscription = $subscription;
+            type Events = $events;
+
+            fn credentials(&self) -> Option<Credentials> {
+                Self::credentials(self)
+            }
+            fn current(&self) -> Option<(Generation, Credentials)> {
+                Self::current(self)
+            }
+            fn status(&self) -> Status {
+                Self::status(self)
+            }
+            fn last_error(&self) -> Option<FetchError> {
+                Self::last_error(self)
+            }
+            fn dropped_events(&self) -> u64 {
+                Self::dropped_events(self)
+            }
+            fn wait_newer(
+                &self,
+                seen: Option<Generation>,
+                timeout: Duration,
+            ) -> Option<(Generation, Credentials)> {
+                $block_on(Self::wait_newer(self, seen, timeout))
+            }
+            fn refresh_now(&self) {
+                Self::refresh_now(self);
+            }
+            fn report_reauth(&self, generation: Generation, result: Result<(), ReauthError>) {
+                Self::report_reauth(self, generation, result);
+            }
+            #[allow(clippy::unit_arg)] // blocking: `done(())`, the shutdown already happened
+            fn shutdown(&self) {
+                $block_on(Self::shutdown(self));
+            }
+            fn subscribe(&self) -> Self::Subscription {
+                Self::subscribe(self)
+            }
+            fn events(&self) -> Self::Events {
+                Self::events(self)
+            }
+        }
+
+        impl SubscriptionHandle for $subscription {
+            fn next_if_changed(&mut self) -> Option<(Generation, Credentials)> {
+                Self::next_if_changed(self)
+            }
+            fn changed(&mut self) -> Option<(Generation, Credentials)> {
+                $block_on(Self::changed(self))
+            }
+            fn wait_changed(&mut self, timeout: Duration) -> Option<(Generation, Credentials)> {
+                $block_on(Self::wait_changed(self, timeout))
+            }
+        }
+    };
+}
+
 // ---- blocking: the provider's own methods ----
 
 pub(crate) struct Blocking;
@@ -264,60 +327,17 @@ impl Runtime for Blocking {
     }
 }
 
-impl ProviderHandle for redis_entraid_blocking::Provider {
-    type Subscription = redis_entraid_blocking::Subscription;
-    type Events = std::sync::mpsc::Receiver<Event>;
-
-    fn credentials(&self) -> Option<Credentials> {
-        Self::credentials(self)
-    }
-    fn current(&self) -> Option<(Generation, Credentials)> {
-        Self::current(self)
-    }
-    fn status(&self) -> Status {
-        Self::status(self)
-    }
-    fn last_error(&self) -> Option<FetchError> {
-        Self::last_error(self)
-    }
-    fn dropped_events(&self) -> u64 {
-        Self::dropped_events(self)
-    }
-    fn wait_newer(
-        &self,
-        seen: Option<Generation>,
-        timeout: Duration,
-    ) -> Option<(Generation, Credentials)> {
-        Self::wait_newer(self, seen, timeout)
-    }
-    fn refresh_now(&self) {
-        Self::refresh_now(self);
-    }
-    fn report_reauth(&self, generation: Generation, result: Result<(), ReauthError>) {
-        Self::report_reauth(self, generation, result);
-    }
-    fn shutdown(&self) {
-        Self::shutdown(self);
-    }
-    fn subscribe(&self) -> Self::Subscription {
-        Self::subscribe(self)
-    }
-    fn events(&self) -> Self::Events {
-        Self::events(self)
-    }
+/// The blocking runtime's methods are already done when they return
+fn done<T>(value: T) -> T {
+    value
 }
 
-impl SubscriptionHandle for redis_entraid_blocking::Subscription {
-    fn next_if_changed(&mut self) -> Option<(Generation, Credentials)> {
-        Self::next_if_changed(self)
-    }
-    fn changed(&mut self) -> Option<(Generation, Credentials)> {
-        Self::changed(self)
-    }
-    fn wait_changed(&mut self, timeout: Duration) -> Option<(Generation, Credentials)> {
-        Self::wait_changed(self, timeout)
-    }
-}
+handles!(
+    redis_entraid_blocking::Provider,
+    redis_entraid_blocking::Subscription,
+    std::sync::mpsc::Receiver<Event>,
+    done
+);
 
 impl EventStream for std::sync::mpsc::Receiver<Event> {
     fn drain(&mut self) -> Vec<Event> {
@@ -373,60 +393,12 @@ impl Runtime for Tokio {
     }
 }
 
-impl ProviderHandle for redis_entraid_tokio::Provider {
-    type Subscription = redis_entraid_tokio::Subscription;
-    type Events = tokio::sync::broadcast::Receiver<Event>;
-
-    fn credentials(&self) -> Option<Credentials> {
-        Self::credentials(self)
-    }
-    fn current(&self) -> Option<(Generation, Credentials)> {
-        Self::current(self)
-    }
-    fn status(&self) -> Status {
-        Self::status(self)
-    }
-    fn last_error(&self) -> Option<FetchError> {
-        Self::last_error(self)
-    }
-    fn dropped_events(&self) -> u64 {
-        Self::dropped_events(self)
-    }
-    fn wait_newer(
-        &self,
-        seen: Option<Generation>,
-        timeout: Duration,
-    ) -> Option<(Generation, Credentials)> {
-        tokio_block_on(Self::wait_newer(self, seen, timeout))
-    }
-    fn refresh_now(&self) {
-        Self::refresh_now(self);
-    }
-    fn report_reauth(&self, generation: Generation, result: Result<(), ReauthError>) {
-        Self::report_reauth(self, generation, result);
-    }
-    fn shutdown(&self) {
-        tokio_block_on(Self::shutdown(self));
-    }
-    fn subscribe(&self) -> Self::Subscription {
-        Self::subscribe(self)
-    }
-    fn events(&self) -> Self::Events {
-        Self::events(self)
-    }
-}
-
-impl SubscriptionHandle for redis_entraid_tokio::Subscription {
-    fn next_if_changed(&mut self) -> Option<(Generation, Credentials)> {
-        Self::next_if_changed(self)
-    }
-    fn changed(&mut self) -> Option<(Generation, Credentials)> {
-        tokio_block_on(Self::changed(self))
-    }
-    fn wait_changed(&mut self, timeout: Duration) -> Option<(Generation, Credentials)> {
-        tokio_block_on(Self::wait_changed(self, timeout))
-    }
-}
+handles!(
+    redis_entraid_tokio::Provider,
+    redis_entraid_tokio::Subscription,
+    tokio::sync::broadcast::Receiver<Event>,
+    tokio_block_on
+);
 
 impl EventStream for tokio::sync::broadcast::Receiver<Event> {
     fn drain(&mut self) -> Vec<Event> {
@@ -481,60 +453,12 @@ impl Runtime for AsyncStd {
     }
 }
 
-impl ProviderHandle for redis_entraid_async_std::Provider {
-    type Subscription = redis_entraid_async_std::Subscription;
-    type Events = async_broadcast::Receiver<Event>;
-
-    fn credentials(&self) -> Option<Credentials> {
-        Self::credentials(self)
-    }
-    fn current(&self) -> Option<(Generation, Credentials)> {
-        Self::current(self)
-    }
-    fn status(&self) -> Status {
-        Self::status(self)
-    }
-    fn last_error(&self) -> Option<FetchError> {
-        Self::last_error(self)
-    }
-    fn dropped_events(&self) -> u64 {
-        Self::dropped_events(self)
-    }
-    fn wait_newer(
-        &self,
-        seen: Option<Generation>,
-        timeout: Duration,
-    ) -> Option<(Generation, Credentials)> {
-        smol::block_on(Self::wait_newer(self, seen, timeout))
-    }
-    fn refresh_now(&self) {
-        Self::refresh_now(self);
-    }
-    fn report_reauth(&self, generation: Generation, result: Result<(), ReauthError>) {
-        Self::report_reauth(self, generation, result);
-    }
-    fn shutdown(&self) {
-        smol::block_on(Self::shutdown(self));
-    }
-    fn subscribe(&self) -> Self::Subscription {
-        Self::subscribe(self)
-    }
-    fn events(&self) -> Self::Events {
-        Self::events(self)
-    }
-}
-
-impl SubscriptionHandle for redis_entraid_async_std::Subscription {
-    fn next_if_changed(&mut self) -> Option<(Generation, Credentials)> {
-        Self::next_if_changed(self)
-    }
-    fn changed(&mut self) -> Option<(Generation, Credentials)> {
-        smol::block_on(Self::changed(self))
-    }
-    fn wait_changed(&mut self, timeout: Duration) -> Option<(Generation, Credentials)> {
-        smol::block_on(Self::wait_changed(self, timeout))
-    }
-}
+handles!(
+    redis_entraid_async_std::Provider,
+    redis_entraid_async_std::Subscription,
+    async_broadcast::Receiver<Event>,
+    smol::block_on
+);
 
 impl EventStream for async_broadcast::Receiver<Event> {
     fn drain(&mut self) -> Vec<Event> {
