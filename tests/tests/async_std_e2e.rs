@@ -16,8 +16,7 @@ mod async_e2e;
 use std::time::Duration;
 
 use async_e2e::{join_all, report_and_check, run_flow, AsyncRuntime};
-use redis::AsyncConnectionConfig;
-use redis_entraid_async_std::redis::{EntraClient, EntraConnection, FanOutReport};
+use redis_entraid_async_std::redis::{EntraClient, EntraConnection};
 use redis_entraid_async_std::{HttpConfig, Provider, Startup};
 use redis_entraid_core::event::Event;
 use redis_entraid_emulator::{ClientCertificate, Emulator};
@@ -45,36 +44,7 @@ impl AsyncRuntime for Smol {
             .unwrap_or_else(|e| panic!("{}: {e}", flow.name))
     }
 
-    fn client(url: &str, provider: Provider) -> EntraClient {
-        EntraClient::new(redis::Client::open(url).unwrap(), provider)
-    }
-
-    async fn connect(
-        client: &EntraClient,
-        config: &AsyncConnectionConfig,
-    ) -> redis::RedisResult<EntraConnection> {
-        client.get_multiplexed_connection_with_config(config).await
-    }
-
-    fn events(provider: &Provider) -> Self::Events {
-        provider.events()
-    }
-
-    fn fetch_failures(events: &mut Self::Events) -> u64 {
-        let mut failures = 0;
-        while let Ok(event) = events.try_recv() {
-            failures += u64::from(matches!(event, Event::FetchFailed { .. }));
-        }
-        failures
-    }
-
-    fn generation(provider: &Provider) -> u64 {
-        provider.current().map_or(0, |(g, _)| g.0)
-    }
-
-    fn fan_out_reports(provider: &Provider) -> Vec<FanOutReport> {
-        provider.fan_out_reports()
-    }
+    async_e2e::same_in_both_runtimes!();
 
     fn spawn(task: impl std::future::Future<Output = u64> + Send + 'static) -> smol::Task<u64> {
         smol::spawn(task)

@@ -50,6 +50,49 @@ pub(crate) trait AsyncRuntime: 'static {
     fn sleep(duration: Duration) -> impl Future<Output = ()> + Send;
 }
 
+/// The [`AsyncRuntime`] methods both runtimes spell alike: their `EntraClient`, connection,
+/// provider and event receiver have the same methods under the same names
+macro_rules! same_in_both_runtimes {
+    () => {
+        fn client(url: &str, provider: Self::Provider) -> Self::Client {
+            <Self::Client>::new(redis::Client::open(url).unwrap(), provider)
+        }
+
+        async fn connect(
+            client: &Self::Client,
+            config: &redis::AsyncConnectionConfig,
+        ) -> redis::RedisResult<Self::Connection> {
+            client.get_multiplexed_connection_with_config(config).await
+        }
+
+        fn events(provider: &Self::Provider) -> Self::Events {
+            provider.events()
+        }
+
+        fn fetch_failures(events: &mut Self::Events) -> u64 {
+            let mut failures = 0;
+            while let Ok(event) = events.try_recv() {
+                failures += u64::from(matches!(
+                    event,
+                    redis_entraid_core::event::Event::FetchFailed { .. }
+                ));
+            }
+            failures
+        }
+
+        fn generation(provider: &Self::Provider) -> u64 {
+            provider.current().map_or(0, |(g, _)| g.0)
+        }
+
+        fn fan_out_reports(
+            provider: &Self::Provider,
+        ) -> Vec<redis_entraid_core::fan_out::FanOutReport> {
+            provider.fan_out_reports()
+        }
+    };
+}
+pub(crate) use same_in_both_runtimes;
+
 /// What one flow's workload saw
 pub(crate) struct FlowResult {
     pub(crate) report: Report,
