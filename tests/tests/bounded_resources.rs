@@ -9,7 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redis_entraid_blocking::HttpConfig;
@@ -25,6 +25,11 @@ use redis_entraid_core::startup::Startup;
 use redis_entraid_core::testing::unsigned_token;
 use redis_entraid_core::token::TokenResponse;
 use redis_entraid_emulator::{HostileServer, Hostility};
+
+#[path = "common/backend.rs"]
+mod backend;
+
+use backend::{tokio_runtime, Backend, BlockingIo, TokioIo};
 
 /// IMDS at `base` (plain http on loopback, as AAD Pod Identity would be)
 fn imds_at(base: &str) -> TokenSource {
@@ -83,67 +88,6 @@ fn threads_and_rss() -> (u64, u64) {
             .unwrap()
     };
     (field("Threads:"), field("VmRSS:"))
-}
-
-/// The runtime every tokio test here runs on (two workers, as on the test machine)
-fn tokio_runtime() -> &'static ::tokio::runtime::Runtime {
-    static RUNTIME: OnceLock<::tokio::runtime::Runtime> = OnceLock::new();
-    RUNTIME.get_or_init(|| {
-        ::tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    })
-}
-
-// ---- fetch-level rules, once per identity executor backend ----
-
-/// An identity executor's I/O backend, its fetch run to completion
-trait Backend {
-    type Fetcher;
-    /// For the fake CLI's folder name
-    const NAME: &'static str;
-    fn fetcher(source: TokenSource) -> Self::Fetcher;
-    fn fetch(fetcher: &Self::Fetcher, timeout: Duration) -> Result<TokenResponse, FetchError>;
-}
-
-/// blocking-io's, run by the blocking and async-std runtimes
-struct BlockingIo;
-
-impl Backend for BlockingIo {
-    type Fetcher = redis_entraid_blocking::IdentityFetcher;
-    const NAME: &'static str = "blocking-io";
-    fn fetcher(source: TokenSource) -> Self::Fetcher {
-        redis_entraid_blocking::IdentityFetcher::new(
-            source,
-            &HttpConfig::default().ignore_ssl_cert_file(),
-        )
-        .unwrap()
-    }
-    fn fetch(fetcher: &Self::Fetcher, timeout: Duration) -> Result<TokenResponse, FetchError> {
-        use redis_entraid_blocking::Fetcher as _;
-        fetcher.fetch(timeout)
-    }
-}
-
-/// tokio's (reqwest, tokio::fs, tokio::process, spawn_blocking)
-struct TokioIo;
-
-impl Backend for TokioIo {
-    type Fetcher = redis_entraid_tokio::Identity<redis_entraid_tokio::http::ReqwestClient>;
-    const NAME: &'static str = "tokio";
-    fn fetcher(source: TokenSource) -> Self::Fetcher {
-        let client = redis_entraid_tokio::http::ReqwestClient::builder()
-            .ignore_ssl_cert_file()
-            .build()
-            .unwrap();
-        redis_entraid_tokio::Identity::with_client(source, client)
-    }
-    fn fetch(fetcher: &Self::Fetcher, timeout: Duration) -> Result<TokenResponse, FetchError> {
-        use redis_entraid_tokio::Fetcher as _;
-        tokio_runtime().block_on(fetcher.fetch(timeout))
-    }
 }
 
 fn a_hung_custom_callback_runs_once_and_later_fetches_say_it_is_still_running<B: Backend>() {
