@@ -8,7 +8,8 @@
 //!
 //! The provider contract is written once in `tests/provider_scenarios.rs` over
 //! `tests/common/runtime.rs` (a blocking-style trait each runtime implements) and runs on all
-//! three runtimes; `tests/bounded_resources.rs` does the same for the resource bounds.
+//! three runtimes; `tests/bounded_resources.rs` and `tests/proxy_rules.rs` do the same for the
+//! resource bounds and the HTTP proxy rules (the fetch-level ones once per identity backend).
 
 use std::collections::BTreeMap;
 use std::fmt;
