@@ -1,4 +1,11 @@
-//! The driver's behaviours on tokio with paused time: hours of token lifetimes in milliseconds
+//! The driver's behaviours only tokio's paused clock can show: hours of token lifetimes in
+//! milliseconds (a day of hourly tokens, retries past exhaustion, the default 10 s request
+//! timeout on a fetch that never completes, the slow pace of permanent errors) and the lag a
+//! slow broadcast receiver sees
+//!
+//! The provider contract every runtime shares (startup policies, refresh requests, re-auth
+//! reports, subscriptions, events, shutdown and drop) runs on real time for all three runtimes
+//! in `tests/tests/provider_scenarios.rs`.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -7,11 +14,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis_entraid_core::config::{Config, RetryPolicy};
-use redis_entraid_core::error::{FetchError, ReauthError, ResponseError, TransportError};
-use redis_entraid_core::event::{Event, Generation, Status};
+use redis_entraid_core::error::{FetchError, ResponseError, TransportError};
+use redis_entraid_core::event::{Event, Status};
 use redis_entraid_core::testing::unsigned_token;
 use redis_entraid_core::token::TokenResponse;
-use redis_entraid_tokio::{Provider, Startup, StartupError};
+use redis_entraid_tokio::{Provider, Startup};
 use tokio::time::Instant;
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -59,73 +66,6 @@ fn source(
 
 fn counter() -> Arc<AtomicU32> {
     Arc::new(AtomicU32::new(0))
-}
-
-#[tokio::test(start_paused = true)]
-async fn startup_wait_returns_with_the_first_token() {
-    let provider = Provider::builder()
-        .startup(Startup::Wait(Duration::from_secs(5)))
-        .build_with_fetcher(source(3600, 0, counter()))
-        .await
-        .unwrap();
-    assert_eq!(provider.credentials().unwrap().username(), "test-oid");
-    assert!(matches!(provider.status(), Status::Valid { .. }));
-}
-
-#[tokio::test(start_paused = true)]
-async fn startup_wait_retries_through_failures() {
-    let calls = counter();
-    let provider = Provider::builder()
-        .startup(Startup::Wait(Duration::from_secs(30)))
-        .build_with_fetcher(source(3600, 2, calls.clone()))
-        .await
-        .unwrap();
-    assert!(provider.credentials().is_some());
-    assert_eq!(calls.load(Ordering::SeqCst), 3);
-}
-
-#[tokio::test(start_paused = true)]
-async fn startup_wait_times_out_with_the_last_error() {
-    let err = Provider::builder()
-        .startup(Startup::Wait(Duration::from_secs(3)))
-        .build_with_fetcher(source(3600, u32::MAX, counter()))
-        .await
-        .unwrap_err();
-    match err {
-        StartupError::TimedOut { waited, last_error } => {
-            assert_eq!(waited, Duration::from_secs(3));
-            assert!(last_error.unwrap().to_string().contains("unavailable"));
-        }
-        other => panic!("unexpected {other:?}"),
-    }
-}
-
-#[tokio::test(start_paused = true)]
-async fn startup_fail_fast_reports_the_first_error() {
-    let calls = counter();
-    let err = Provider::builder()
-        .startup(Startup::FailFast)
-        .build_with_fetcher(source(3600, 1, calls.clone()))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, StartupError::FetchFailed(_)), "{err:?}");
-    assert_eq!(calls.load(Ordering::SeqCst), 1);
-}
-
-#[tokio::test(start_paused = true)]
-async fn startup_lazy_returns_at_once_and_the_token_follows() {
-    let provider = Provider::builder()
-        .startup(Startup::Lazy)
-        .build_with_fetcher(source(3600, 0, counter()))
-        .await
-        .unwrap();
-    assert!(provider.credentials().is_none());
-    let (generation, credentials) = provider
-        .wait_newer(None, Duration::from_secs(1))
-        .await
-        .unwrap();
-    assert_eq!(generation, Generation(1));
-    assert_eq!(credentials.username(), "test-oid");
 }
 
 #[tokio::test(start_paused = true)]
@@ -220,100 +160,6 @@ async fn a_hanging_fetch_times_out_and_is_retried() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     // The default request timeout is 10 s; the retry follows about 1 s later.
     assert!(start.elapsed() >= Duration::from_secs(10));
-}
-
-#[tokio::test(start_paused = true)]
-async fn refresh_now_fetches_a_newer_token() {
-    let calls = counter();
-    let provider = Provider::builder()
-        .build_with_fetcher(source(3600, 0, calls.clone()))
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_secs(60)).await;
-    provider.refresh_now();
-    let (generation, _) = provider
-        .wait_newer(Some(Generation(1)), Duration::from_secs(30))
-        .await
-        .unwrap();
-    assert_eq!(generation, Generation(2));
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_rejected_reauth_is_reported_and_triggers_a_refresh() {
-    let provider = Provider::builder()
-        .build_with_fetcher(source(3600, 0, counter()))
-        .await
-        .unwrap();
-    let mut events = provider.events();
-    tokio::time::sleep(Duration::from_secs(60)).await;
-    provider.report_reauth(
-        Generation(1),
-        Err(ReauthError::from_server_reply(
-            "WRONGPASS invalid username-password pair",
-        )),
-    );
-    let got = provider
-        .wait_newer(Some(Generation(1)), Duration::from_secs(30))
-        .await;
-    assert_eq!(got.unwrap().0, Generation(2));
-    let mut reported = false;
-    while let Ok(event) = events.try_recv() {
-        reported |= matches!(
-            event,
-            Event::ReauthFailed {
-                generation: Generation(1),
-                ..
-            }
-        );
-    }
-    assert!(reported);
-}
-
-#[tokio::test(start_paused = true)]
-async fn shutdown_stops_every_clone() {
-    let provider = Provider::builder()
-        .build_with_fetcher(source(3600, 0, counter()))
-        .await
-        .unwrap();
-    let other = provider.clone();
-    let mut events = provider.events();
-    let mut subscription = other.subscribe();
-    let _ = subscription.next_if_changed();
-    provider.shutdown().await;
-    assert_eq!(other.status(), Status::Stopped);
-    assert!(matches!(events.recv().await.unwrap(), Event::Stopped));
-    // A subscription ends instead of waiting for ever.
-    assert!(subscription.changed().await.is_none());
-}
-
-#[tokio::test(start_paused = true)]
-async fn dropping_the_last_handle_ends_the_driver_task() {
-    let marker = Arc::new(());
-    let weak = Arc::downgrade(&marker);
-    let start = Instant::now();
-    let provider = Provider::builder()
-        .build_with_fetcher(move |_timeout: Duration| {
-            let _keep = &marker;
-            async move { Ok(mint(start, 3600)) }
-        })
-        .await
-        .unwrap();
-    let mut events = provider.events();
-    let clone = provider.clone();
-    drop(provider);
-    tokio::task::yield_now().await;
-    assert!(weak.upgrade().is_some(), "a clone is still alive");
-    drop(clone);
-    // The driver sees the closed command channel, stops and drops its source.
-    assert!(matches!(events.recv().await.unwrap(), Event::Stopped));
-    for _ in 0..10 {
-        tokio::task::yield_now().await;
-    }
-    assert!(
-        weak.upgrade().is_none(),
-        "the driver task still holds its source"
-    );
 }
 
 #[tokio::test(start_paused = true)]

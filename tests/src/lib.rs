@@ -2,9 +2,14 @@
 //!
 //! The runtime-independent parts live here: the end-to-end settings, the identities of a
 //! running emulator as core [`TokenSource`]s (one per flow), and the report every scenario
-//! prints. Each runtime has one test file under `tests/` (`blocking_e2e.rs`, later
-//! `tokio_e2e.rs` and `async_std_e2e.rs`) that drives the same scenarios with its own provider
-//! and Redis client, so a scenario is written once and run on every runtime.
+//! prints. Each runtime has one end-to-end file under `tests/` (`blocking_e2e.rs`,
+//! `tokio_e2e.rs`, `async_std_e2e.rs`); the two async ones run one workload,
+//! `tests/common/async_e2e.rs`, each through a small trait of what differs.
+//!
+//! The provider contract is written once in `tests/provider_scenarios.rs` over
+//! `tests/common/runtime.rs` (a blocking-style trait each runtime implements) and runs on all
+//! three runtimes; `tests/bounded_resources.rs` and `tests/proxy_rules.rs` do the same for the
+//! resource bounds and the HTTP proxy rules (the fetch-level ones once per identity backend).
 
 use std::collections::BTreeMap;
 use std::fmt;

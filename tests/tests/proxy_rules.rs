@@ -1,10 +1,13 @@
-//! Every proxy rule of the reqwest client, against a local recording proxy: `HTTPS_PROXY` for
-//! https, never `HTTP_PROXY` for https, `NO_PROXY` honoured (exact host and domain suffix), and
-//! local identity endpoints never proxied whatever is set
+//! Every proxy rule, on both identity executor backends (blocking-io's `IdentityFetcher`, which
+//! the blocking and async-std runtimes run, and tokio's reqwest `Identity`), against a local
+//! recording proxy: `HTTPS_PROXY` (and `https_proxy`) for https, never `HTTP_PROXY` for https,
+//! `NO_PROXY` honoured (exact host and domain suffix), and local identity endpoints never
+//! proxied whatever is set
 //!
-//! One test in its own binary, because it sets proxy variables for the whole process.
+//! A binary of its own, because it sets proxy variables for the whole process; its tests take
+//! turns (a lock), each setting exactly the variables it reads.
 
-#![allow(clippy::unwrap_used)] // a failed unwrap in a test is a failed test
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -14,9 +17,12 @@ use std::time::Duration;
 
 use redis_entraid_core::identity::client_secret::ClientSecret;
 use redis_entraid_core::identity::managed::{ManagedIdentity, ManagedIdentityId};
-use redis_entraid_core::identity::TokenSource as CoreSource;
-use redis_entraid_tokio::http::ReqwestClient;
-use redis_entraid_tokio::{Fetcher, Identity};
+use redis_entraid_core::identity::TokenSource;
+
+#[path = "common/backend.rs"]
+mod backend;
+
+use backend::{Backend, BlockingIo, TokioIo};
 
 /// A forward / CONNECT proxy that records the request line of every connection and refuses it
 fn recording_proxy() -> (String, Arc<Mutex<Vec<String>>>) {
@@ -47,7 +53,7 @@ const PROXY_VARS: [&str; 8] = [
     "no_proxy",
 ];
 
-/// Sets exactly these proxy variables (this binary's one test is the only reader)
+/// Sets exactly these proxy variables (the caller holds [`SERIAL`])
 fn proxy_env(vars: &[(&str, &str)]) {
     for name in PROXY_VARS {
         std::env::remove_var(name);
@@ -57,7 +63,7 @@ fn proxy_env(vars: &[(&str, &str)]) {
     }
 }
 
-fn remote_secret() -> CoreSource {
+fn remote_secret() -> TokenSource {
     let env: BTreeMap<&str, &str> = [
         ("AZURE_TENANT_ID", "00000000-0000-0000-0000-000000000001"),
         ("AZURE_CLIENT_ID", "00000000-0000-0000-0000-000000000002"),
@@ -65,12 +71,12 @@ fn remote_secret() -> CoreSource {
         ("AZURE_AUTHORITY_HOST", "https://login.example.test"),
     ]
     .into();
-    CoreSource::ClientSecret(ClientSecret::from_env(&env).unwrap())
+    TokenSource::ClientSecret(ClientSecret::from_env(&env).unwrap())
 }
 
 /// Managed identity endpoints at names that are not loopback, so only the local-endpoint rule
 /// (not a loopback exception) keeps them off the proxy
-fn local_sources() -> Vec<CoreSource> {
+fn local_sources() -> Vec<TokenSource> {
     let imds: BTreeMap<&str, &str> = [(
         "AZURE_POD_IDENTITY_AUTHORITY_HOST",
         "http://imds.example.test",
@@ -87,7 +93,7 @@ fn local_sources() -> Vec<CoreSource> {
     [imds, app_service]
         .iter()
         .map(|env| {
-            CoreSource::ManagedIdentity(
+            TokenSource::ManagedIdentity(
                 ManagedIdentity::detect(env, ManagedIdentityId::SystemAssigned).unwrap(),
             )
         })
@@ -95,24 +101,23 @@ fn local_sources() -> Vec<CoreSource> {
 }
 
 /// What the proxy was asked while `source` fetched once (the fetch itself fails: no such host)
-async fn asked(source: CoreSource, seen: &Mutex<Vec<String>>) -> Vec<String> {
+fn asked<B: Backend>(source: TokenSource, seen: &Mutex<Vec<String>>) -> Vec<String> {
     seen.lock().unwrap().clear();
-    // The client reads the proxy variables when it is built.
-    let client = ReqwestClient::builder()
-        .ignore_ssl_cert_file()
-        .build()
-        .unwrap();
-    let identity = Identity::with_client(source, client);
-    assert!(identity.fetch(Duration::from_secs(3)).await.is_err());
+    // The fetcher reads the proxy variables when it is built.
+    let fetcher = B::fetcher(source);
+    assert!(B::fetch(&fetcher, Duration::from_secs(3)).is_err());
     std::mem::take(&mut *seen.lock().unwrap())
 }
 
-#[tokio::test]
-async fn https_proxy_for_https_no_proxy_honoured_local_endpoints_never_proxied() {
+/// The process's proxy variables are this binary's to set, one test at a time
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn https_proxy_for_https_no_proxy_honoured_local_endpoints_never_proxied<B: Backend>() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (proxy, seen) = recording_proxy();
 
     proxy_env(&[("HTTPS_PROXY", &proxy)]);
-    let lines = asked(remote_secret(), &seen).await;
+    let lines = asked::<B>(remote_secret(), &seen);
     assert!(
         lines
             .iter()
@@ -120,9 +125,16 @@ async fn https_proxy_for_https_no_proxy_honoured_local_endpoints_never_proxied()
         "HTTPS_PROXY is used for https: {lines:?}"
     );
 
+    proxy_env(&[("https_proxy", &proxy)]);
+    let lines = asked::<B>(remote_secret(), &seen);
+    assert!(
+        !lines.is_empty(),
+        "https_proxy (lower case) is used too: {lines:?}"
+    );
+
     proxy_env(&[("HTTP_PROXY", &proxy)]);
     assert_eq!(
-        asked(remote_secret(), &seen).await,
+        asked::<B>(remote_secret(), &seen),
         Vec::<String>::new(),
         "HTTP_PROXY is not used for https"
     );
@@ -135,14 +147,14 @@ async fn https_proxy_for_https_no_proxy_honoured_local_endpoints_never_proxied()
     ] {
         proxy_env(&[("HTTPS_PROXY", &proxy), ("NO_PROXY", no_proxy)]);
         assert_eq!(
-            asked(remote_secret(), &seen).await,
+            asked::<B>(remote_secret(), &seen),
             Vec::<String>::new(),
             "NO_PROXY={no_proxy} is honoured"
         );
     }
     proxy_env(&[("HTTPS_PROXY", &proxy), ("NO_PROXY", "other.test")]);
     assert!(
-        !asked(remote_secret(), &seen).await.is_empty(),
+        !asked::<B>(remote_secret(), &seen).is_empty(),
         "NO_PROXY for another host does not bypass the proxy"
     );
 
@@ -154,10 +166,28 @@ async fn https_proxy_for_https_no_proxy_honoured_local_endpoints_never_proxied()
     for source in local_sources() {
         let name = source.name();
         assert_eq!(
-            asked(source, &seen).await,
+            asked::<B>(source, &seen),
             Vec::<String>::new(),
             "{name}: local identity endpoints never go through a proxy"
         );
     }
     proxy_env(&[]);
+}
+
+mod blocking_io {
+    #[test]
+    fn https_proxy_for_https_no_proxy_honoured_local_endpoints_never_proxied() {
+        super::https_proxy_for_https_no_proxy_honoured_local_endpoints_never_proxied::<
+            super::BlockingIo,
+        >();
+    }
+}
+
+mod tokio_io {
+    #[test]
+    fn https_proxy_for_https_no_proxy_honoured_local_endpoints_never_proxied() {
+        super::https_proxy_for_https_no_proxy_honoured_local_endpoints_never_proxied::<
+            super::TokioIo,
+        >();
+    }
 }
