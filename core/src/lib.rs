@@ -5,7 +5,8 @@
 //! newer `AUTH`. This crate decides *when* to fetch a token, *what* to do when a fetch fails and
 //! *when* to push new credentials to connections, as a deterministic state machine,
 //! [`machine::TokenManager`]. It does no I/O, spawns nothing, reads no clock and never sleeps:
-//! time is an argument, randomness is seeded, and the runtimes (`redis-entraid-tokio`,
+//! time is an argument, randomness is seeded (one exception: the PS256 salt of a
+//! client-certificate assertion, which `ring` draws from the OS itself), and the runtimes (`redis-entraid-tokio`,
 //! `redis-entraid-async-std`, `redis-entraid-blocking`) perform the HTTP, the timers and the
 //! Redis `AUTH`s. The same inputs always produce the same actions, so the whole schedule is
 //! testable with a simulated clock, property-tested and fuzzed.

@@ -21,4 +21,11 @@ openssl pkcs12 -export -inkey leaf.key -in leaf.crt -certfile ca.crt \
   -passout pass:fixture-p12-password -out client.p12
 # PKCS#12 with an empty password
 openssl pkcs12 -export -inkey leaf.key -in leaf.crt -passout pass: -out client-nopass.p12
+# Keys the loader must refuse with a clear error: RSA below 2048 bits, and not RSA at all
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:1024 -out "$tmp/small.key"
+openssl req -x509 -new -key "$tmp/small.key" -subj "/CN=redis-entraid test 1024" -days 36500 -out "$tmp/small.crt"
+cat "$tmp/small.key" "$tmp/small.crt" > rsa1024.pem
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$tmp/ec.key"
+openssl req -x509 -new -key "$tmp/ec.key" -subj "/CN=redis-entraid test ec" -days 36500 -out "$tmp/ec.crt"
+cat "$tmp/ec.key" "$tmp/ec.crt" > ec.pem
 rm -f ca.srl leaf.key

@@ -1,4 +1,5 @@
-//! Arbitrary bytes into the certificate loader (PEM splitting, PKCS#1/PKCS#8 keys, PKCS#12):
+//! Arbitrary bytes into the certificate loader (PEM splitting, PKCS#1/PKCS#8 keys through ring,
+//! the DER walk to the certificate key, PKCS#12 with feature `pkcs12`):
 //! it must never panic, whatever the file holds.
 #![no_main]
 

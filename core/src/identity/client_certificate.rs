@@ -14,14 +14,22 @@
 //!   now, `exp` = now + 10 min, all times JSON integers;
 //! - header, payload and signature in unpadded base64url.
 //!
-//! The core reads no clock and no OS randomness: `wall` is an argument, and randomness (the PSS
-//! salt, RSA blinding, the `jti`) comes from the caller's CSPRNG or from a 32-byte seed the
-//! runtime filled from the OS ([`ClientCertificate::build_request_with_seed`]).
+//! The core reads no clock: `wall` is an argument. The `jti` comes from a 32-byte seed the
+//! runtime filled from the OS for this fetch ([`ClientCertificate::build_request_with_seed`]).
+//! The one exception to "no OS randomness in the core" is the PS256 salt: signing uses `ring`
+//! (the crypto provider rustls already brings, so this flow adds no crate of its own), and
+//! `ring` draws the salt from its own `SystemRandom`, accepting no other source.
 //!
 //! Inputs: PEM (private key as `PRIVATE KEY` or `RSA PRIVATE KEY`, plus one or more
-//! `CERTIFICATE` blocks, in any order) or PKCS#12 with a password (possibly empty). The leaf is the
-//! certificate whose public key matches the private key. Only RSA keys are supported (as in every
-//! Azure SDK).
+//! `CERTIFICATE` blocks, in any order) or, with the `pkcs12` feature, PKCS#12 with a password
+//! (possibly empty). The leaf is the certificate whose public key matches the private key,
+//! found by a bounded DER walk to its `subjectPublicKeyInfo` (no X.509 parser: the thumbprints
+//! are digests of the whole DER). Only RSA keys of 2048 to 8192 bits are supported (as in every
+//! Azure SDK, and what `ring` signs with).
+//!
+//! Secrecy: the private key is held only as its DER inside a [`SecretBytes`] (zeroized on drop,
+//! redacted in `Debug`). `ring` does not zeroize its parsed key pair, so one is parsed for each
+//! signature and dropped right after it, rather than kept for the credential's lifetime.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -30,14 +38,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
-use rsa::pkcs1::DecodeRsaPrivateKey;
-use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey};
-use rsa::rand_core::{CryptoRng, SeedableRng};
-use rsa::signature::{RandomizedSigner, SignatureEncoding};
+use ring::digest;
+use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256, RSA_PSS_SHA256};
 use serde_json::json;
-use sha1::Sha1;
-use sha2::{Digest, Sha256};
-use x509_cert::der::{Decode, Encode};
 use zeroize::Zeroizing;
 
 use crate::error::{ConfigError, ResponseError};
@@ -62,10 +65,22 @@ pub enum AssertionAlgorithm {
     Rs256,
 }
 
-/// An RSA private key with its certificate and chain
+/// How the private key's DER is wrapped
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KeyEncoding {
+    /// `PRIVATE KEY`: PKCS#8 `PrivateKeyInfo` (v1)
+    Pkcs8,
+    /// `RSA PRIVATE KEY`: PKCS#1 `RSAPrivateKey`
+    Pkcs1,
+}
+
+/// An RSA private key (as zeroizing DER) with its certificate and chain
 #[derive(Clone)]
 pub struct CertificateCredential {
-    key: Arc<rsa::PrivateKey>,
+    key: Arc<SecretBytes>,
+    encoding: KeyEncoding,
+    /// The key's public half, a DER `RSAPublicKey` (not secret)
+    public_key: Vec<u8>,
     /// DER of each certificate, leaf first
     chain: Vec<Vec<u8>>,
 }
@@ -92,21 +107,183 @@ fn cert_error(problem: impl Into<String>) -> ConfigError {
     ConfigError::new("client_certificate", problem)
 }
 
+/// Why `ring` refused a key, in words a user can act on
+fn key_error(what: &str, rejected: &ring::error::KeyRejected) -> ConfigError {
+    let why = match rejected.to_string().as_str() {
+        "TooSmall" => "the key is smaller than 2048 bits",
+        "TooLarge" => "the key is larger than 8192 bits",
+        "VersionNotSupported" => "only version 1 PKCS#8 keys are supported",
+        "WrongAlgorithm" => "it is not an RSA key (only RSA is supported)",
+        "InvalidEncoding" => "it is not a valid DER RSA private key",
+        _ => "it is not a usable RSA private key",
+    };
+    cert_error(format!("the {what} was rejected: {why} (ring: {rejected})"))
+}
+
+impl KeyEncoding {
+    fn parse(self, der: &[u8]) -> Result<RsaKeyPair, ConfigError> {
+        match self {
+            Self::Pkcs8 => RsaKeyPair::from_pkcs8(der).map_err(|e| key_error("PRIVATE KEY", &e)),
+            Self::Pkcs1 => RsaKeyPair::from_der(der).map_err(|e| key_error("RSA PRIVATE KEY", &e)),
+        }
+    }
+}
+
+/// One PEM block: its label and its decoded contents (zeroized on drop: it may be a key)
+struct PemBlock<'a> {
+    label: &'a str,
+    der: Zeroizing<Vec<u8>>,
+}
+
+/// Splits PEM text into its blocks, in order; text between blocks is ignored
+fn pem_blocks(text: &str) -> Result<Vec<PemBlock<'_>>, ConfigError> {
+    const BEGIN: &str = "-----BEGIN ";
+    let mut blocks = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(BEGIN) {
+        let after = rest.get(start + BEGIN.len()..).unwrap_or("");
+        let label_end = after
+            .find("-----")
+            .ok_or_else(|| cert_error("a PEM block has no closing dashes on its BEGIN line"))?;
+        let label = after.get(..label_end).unwrap_or("");
+        if label.contains('\n') {
+            return Err(cert_error("a PEM BEGIN line is broken across lines"));
+        }
+        let body_and_rest = after.get(label_end + 5..).unwrap_or("");
+        let end_marker = format!("-----END {label}-----");
+        let body_end = body_and_rest
+            .find(&end_marker)
+            .ok_or_else(|| cert_error(format!("the PEM block {label} has no END line")))?;
+        let body = body_and_rest.get(..body_end).unwrap_or("");
+        // RFC 1421 headers ("Proc-Type: 4,ENCRYPTED", "DEK-Info: ...") mark an OpenSSL
+        // encrypted traditional key; any other header line is not part of the base64.
+        if body
+            .lines()
+            .any(|l| l.contains("ENCRYPTED") && l.contains(':'))
+        {
+            return Err(encrypted_key_error());
+        }
+        let mut base64_text = Zeroizing::new(String::with_capacity(body.len()));
+        for line in body.lines().filter(|l| !l.contains(':')) {
+            base64_text.extend(line.chars().filter(|c| !c.is_ascii_whitespace()));
+        }
+        let der = STANDARD
+            .decode(base64_text.as_bytes())
+            .map(Zeroizing::new)
+            .map_err(|_| cert_error(format!("the PEM block {label} is not valid base64")))?;
+        blocks.push(PemBlock { label, der });
+        rest = body_and_rest
+            .get(body_end + end_marker.len()..)
+            .unwrap_or("");
+    }
+    Ok(blocks)
+}
+
+fn encrypted_key_error() -> ConfigError {
+    cert_error(
+        "encrypted PEM keys are not supported: decrypt the key (openssl pkey) \
+         or use a PKCS#12 file with a password (feature `pkcs12`)",
+    )
+}
+
+/// A DER element: its tag, its contents and what follows it; `None` when malformed
+fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        // Long form: the low bits give how many length bytes follow; four are plenty for a
+        // certificate file capped at 1 MiB.
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > 4 {
+            return None;
+        }
+        let bytes = rest.get(..count)?;
+        let len = bytes.iter().fold(0usize, |n, &b| (n << 8) | usize::from(b));
+        (len, rest.get(count..)?)
+    };
+    Some((tag, rest.get(..len)?, rest.get(len..)?))
+}
+
+const SEQUENCE: u8 = 0x30;
+
+/// The `RSAPublicKey` DER inside a certificate's `subjectPublicKeyInfo`
+///
+/// `Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version OPTIONAL, serialNumber,
+/// signature, issuer, validity, subject, subjectPublicKeyInfo, .. }, .. }` (RFC 5280 §4.1).
+fn certificate_public_key(cert: &[u8]) -> Option<&[u8]> {
+    let (SEQUENCE, cert, _) = der_element(cert)? else {
+        return None;
+    };
+    let (SEQUENCE, tbs, _) = der_element(cert)? else {
+        return None;
+    };
+    let (tag, _, mut rest) = der_element(tbs)?;
+    // Without the explicit version the first element was the serial number itself.
+    let skip = if tag == 0xa0 { 5 } else { 4 };
+    for _ in 0..skip {
+        rest = der_element(rest)?.2;
+    }
+    let (SEQUENCE, spki, _) = der_element(rest)? else {
+        return None;
+    };
+    let (SEQUENCE, _algorithm, rest) = der_element(spki)? else {
+        return None;
+    };
+    let (0x03, bits, _) = der_element(rest)? else {
+        return None;
+    };
+    // A BIT STRING's first byte counts the unused bits: zero for a DER key.
+    match bits.split_first()? {
+        (0, key) => Some(key),
+        _ => None,
+    }
+}
+
+/// `(n, e)` of a DER `RSAPublicKey`, without leading zero bytes, so two encodings of the same
+/// key compare equal
+fn rsa_public_numbers(der: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (SEQUENCE, key, _) = der_element(der)? else {
+        return None;
+    };
+    let (0x02, n, rest) = der_element(key)? else {
+        return None;
+    };
+    let (0x02, e, _) = der_element(rest)? else {
+        return None;
+    };
+    let strip = |x: &[u8]| -> usize { x.iter().take_while(|&&b| b == 0).count() };
+    Some((n.get(strip(n)..)?, e.get(strip(e)..)?))
+}
+
 impl CertificateCredential {
-    /// From a PEM file, a PKCS#12 archive, told apart as the Azure SDKs do (`-----BEGIN`)
+    /// From a PEM file or a PKCS#12 archive, told apart as the Azure SDKs do (`-----BEGIN`)
     ///
     /// # Errors
-    /// As [`CertificateCredential::from_pem`] and [`CertificateCredential::from_pkcs12`].
+    /// As [`CertificateCredential::from_pem`] and `CertificateCredential::from_pkcs12`; without
+    /// the `pkcs12` feature, a [`ConfigError`] when the data is not PEM.
     pub fn from_bytes(
         data: &SecretBytes,
         password: Option<&SecretString>,
     ) -> Result<Self, ConfigError> {
         let bytes = data.expose_secret();
         if bytes.windows(10).any(|w| w == b"-----BEGIN") {
-            Self::from_pem(data)
-        } else {
+            return Self::from_pem(data);
+        }
+        #[cfg(feature = "pkcs12")]
+        {
             let empty = SecretString::default();
             Self::from_pkcs12(data, password.unwrap_or(&empty))
+        }
+        #[cfg(not(feature = "pkcs12"))]
+        {
+            let _ = password;
+            Err(cert_error(
+                "the certificate file is not PEM (no -----BEGIN line); a PKCS#12 (.pfx/.p12) \
+                 file needs the `pkcs12` feature of redis-entraid (or convert it to PEM: \
+                 openssl pkcs12 -nodes)",
+            ))
         }
     }
 
@@ -114,57 +291,26 @@ impl CertificateCredential {
     ///
     /// # Errors
     /// A [`ConfigError`] on `client_certificate` when there is no key, no certificate matching
-    /// the key, the key is encrypted or not RSA, or a block is not valid PEM.
+    /// the key, the key is encrypted, not RSA or outside 2048 to 8192 bits, or a block is not
+    /// valid PEM.
     pub fn from_pem(pem: &SecretBytes) -> Result<Self, ConfigError> {
         let text = std::str::from_utf8(pem.expose_secret())
             .map_err(|_| cert_error("the PEM file is not text"))?;
         let mut key = None;
         let mut certs = Vec::new();
-        let mut rest = text;
-        while let Some(start) = rest.find("-----BEGIN ") {
-            let block = rest.get(start..).unwrap_or("");
-            let label_end = block
-                .get(11..)
-                .and_then(|b| b.find("-----"))
-                .ok_or_else(|| cert_error("a PEM block has no closing dashes"))?;
-            let label = block.get(11..11 + label_end).unwrap_or("");
-            let end_marker = format!("-----END {label}-----");
-            let end = block
-                .find(&end_marker)
-                .ok_or_else(|| cert_error(format!("the PEM block {label} has no END line")))?
-                + end_marker.len();
-            let (decoded_label, der) = pem_rfc7468::decode_vec(
-                block.get(..end).unwrap_or("").as_bytes(),
-            )
-            .map_err(|_| cert_error(format!("the PEM block {label} is not valid base64")))?;
-            let der = Zeroizing::new(der);
-            match decoded_label {
-                "CERTIFICATE" => certs.push(der.to_vec()),
-                "PRIVATE KEY" => {
-                    key = Some(rsa::PrivateKey::from_pkcs8_der(&der).map_err(|_| {
-                        cert_error("the PRIVATE KEY is not an RSA key (only RSA is supported)")
-                    })?)
-                }
-                "RSA PRIVATE KEY" => {
-                    key = Some(
-                        rsa::PrivateKey::from_pkcs1_der(&der)
-                            .map_err(|_| cert_error("the RSA PRIVATE KEY is not valid"))?,
-                    )
-                }
-                "ENCRYPTED PRIVATE KEY" => {
-                    return Err(cert_error(
-                        "encrypted PEM keys are not supported: decrypt the key (openssl pkey) \
-                         or use a PKCS#12 file with a password",
-                    ))
-                }
+        for block in pem_blocks(text)? {
+            match block.label {
+                "CERTIFICATE" => certs.push(block.der.to_vec()),
+                "PRIVATE KEY" => key = Some((KeyEncoding::Pkcs8, block.der)),
+                "RSA PRIVATE KEY" => key = Some((KeyEncoding::Pkcs1, block.der)),
+                "ENCRYPTED PRIVATE KEY" => return Err(encrypted_key_error()),
                 _ => {}
             }
-            rest = block.get(end..).unwrap_or("");
         }
-        let key = key.ok_or_else(|| {
+        let (encoding, der) = key.ok_or_else(|| {
             cert_error("the PEM file has no PRIVATE KEY or RSA PRIVATE KEY block")
         })?;
-        Self::assemble(key, certs)
+        Self::assemble(encoding, SecretBytes::new(der.to_vec()), certs)
     }
 
     /// From a PKCS#12 (PFX) archive and its password (empty when it has none)
@@ -172,6 +318,7 @@ impl CertificateCredential {
     /// # Errors
     /// A [`ConfigError`] on `client_certificate` when the archive cannot be opened with the
     /// password, holds no private key, the key is not RSA, or no certificate matches it.
+    #[cfg(feature = "pkcs12")]
     pub fn from_pkcs12(data: &SecretBytes, password: &SecretString) -> Result<Self, ConfigError> {
         let store = p12_keystore::KeyStore::from_pkcs12(
             data.expose_secret(),
@@ -187,9 +334,7 @@ impl CertificateCredential {
         let (_, chain) = store
             .private_key_chain()
             .ok_or_else(|| cert_error("the PKCS#12 file holds no private key"))?;
-        let der = Zeroizing::new(chain.key().as_der().to_vec());
-        let key = rsa::PrivateKey::from_pkcs8_der(&der)
-            .map_err(|_| cert_error("the PKCS#12 key is not an RSA key (only RSA is supported)"))?;
+        let key = SecretBytes::new(chain.key().as_der().to_vec());
         let mut certs: Vec<Vec<u8>> = chain.certs().iter().map(|c| c.as_der().to_vec()).collect();
         for (_, entry) in store.entries() {
             if let p12_keystore::KeyStoreEntry::Certificate(cert) = entry {
@@ -198,43 +343,55 @@ impl CertificateCredential {
                 }
             }
         }
-        Self::assemble(key, certs)
+        Self::assemble(KeyEncoding::Pkcs8, key, certs)
     }
 
-    /// Puts the certificate matching the key first
-    fn assemble(key: rsa::PrivateKey, mut certs: Vec<Vec<u8>>) -> Result<Self, ConfigError> {
+    /// Checks the key and puts the certificate matching it first
+    fn assemble(
+        encoding: KeyEncoding,
+        key: SecretBytes,
+        mut certs: Vec<Vec<u8>>,
+    ) -> Result<Self, ConfigError> {
+        let public_key = encoding
+            .parse(key.expose_secret())?
+            .public()
+            .as_ref()
+            .to_vec();
         if certs.is_empty() {
             return Err(cert_error("no CERTIFICATE found next to the private key"));
         }
-        let public = key.to_public_key();
+        let ours = rsa_public_numbers(&public_key);
         let leaf = certs
             .iter()
             .position(|der| {
-                x509_cert::Certificate::from_der(der)
-                    .ok()
-                    .and_then(|c| c.tbs_certificate().subject_public_key_info().to_der().ok())
-                    .and_then(|spki| rsa::PublicKey::from_public_key_der(&spki).ok())
-                    .is_some_and(|p| p == public)
+                ours.is_some() && certificate_public_key(der).and_then(rsa_public_numbers) == ours
             })
             .ok_or_else(|| cert_error("none of the certificates belongs to the private key"))?;
         let leaf_der = certs.remove(leaf);
         certs.insert(0, leaf_der);
         Ok(Self {
             key: Arc::new(key),
+            encoding,
+            public_key,
             chain: certs,
         })
     }
 
+    fn thumbprint(&self, algorithm: &'static digest::Algorithm) -> String {
+        let leaf = self.chain.first().map(Vec::as_slice).unwrap_or_default();
+        URL_SAFE_NO_PAD.encode(digest::digest(algorithm, leaf))
+    }
+
     /// base64url (unpadded) SHA-1 of the leaf DER: the `x5t` header
     pub fn thumbprint_sha1(&self) -> String {
-        let leaf = self.chain.first().map(Vec::as_slice).unwrap_or_default();
-        URL_SAFE_NO_PAD.encode(Sha1::digest(leaf))
+        // SHA-1 names the certificate here (as Entra's legacy header defines it); nothing's
+        // security rests on its collision resistance.
+        self.thumbprint(&digest::SHA1_FOR_LEGACY_USE_ONLY)
     }
 
     /// base64url (unpadded) SHA-256 of the leaf DER: the `x5t#S256` header
     pub fn thumbprint_sha256(&self) -> String {
-        let leaf = self.chain.first().map(Vec::as_slice).unwrap_or_default();
-        URL_SAFE_NO_PAD.encode(Sha256::digest(leaf))
+        self.thumbprint(&digest::SHA256)
     }
 
     /// The certificates' DER, leaf first
@@ -242,9 +399,27 @@ impl CertificateCredential {
         &self.chain
     }
 
-    /// The public key, e.g. to verify an assertion
-    pub fn public_key(&self) -> rsa::PublicKey {
-        self.key.to_public_key()
+    /// The public key as a DER `RSAPublicKey` (PKCS#1), e.g. to verify an assertion
+    pub fn public_key_der(&self) -> &[u8] {
+        &self.public_key
+    }
+
+    /// Signs `message`; the parsed key pair lives only for this call (see the module docs)
+    fn sign(&self, algorithm: AssertionAlgorithm, message: &[u8]) -> Result<Vec<u8>, ConfigError> {
+        let pair = self.encoding.parse(self.key.expose_secret())?;
+        let padding: &'static dyn ring::signature::RsaEncoding = match algorithm {
+            AssertionAlgorithm::Ps256 => &RSA_PSS_SHA256,
+            AssertionAlgorithm::Rs256 => &RSA_PKCS1_SHA256,
+        };
+        let mut signature = vec![0; pair.public().modulus_len()];
+        pair.sign(
+            padding,
+            &ring::rand::SystemRandom::new(),
+            message,
+            &mut signature,
+        )
+        .map_err(|_| cert_error("signing the client assertion failed"))?;
+        Ok(signature)
     }
 }
 
@@ -287,15 +462,16 @@ impl ClientCertificate {
         &self.client
     }
 
-    /// The signed client assertion for a request sent at `wall`
+    /// The signed client assertion for a request sent at `wall`; its `jti` is made of the
+    /// first 16 bytes of `seed` (fill it from the OS for every request)
     ///
     /// # Errors
-    /// A [`ConfigError`] on `client_certificate` when signing fails (e.g. a key too small for
-    /// PSS with SHA-256).
-    pub fn build_assertion<R: CryptoRng + ?Sized>(
+    /// A [`ConfigError`] on `client_certificate` when the key cannot be used to sign (it was
+    /// checked when loaded, so only a failure of the system's random source gets here).
+    pub fn build_assertion(
         &self,
         wall: SystemTime,
-        rng: &mut R,
+        seed: [u8; 32],
     ) -> Result<SecretString, ConfigError> {
         let now = wall
             .duration_since(UNIX_EPOCH)
@@ -303,7 +479,9 @@ impl ClientCertificate {
             .unwrap_or(0);
         let exp = now.saturating_add(ASSERTION_LIFETIME.as_secs());
         let mut jti = [0u8; 16];
-        rng.fill_bytes(&mut jti);
+        for (j, s) in jti.iter_mut().zip(seed) {
+            *j = s;
+        }
         let mut header = match self.algorithm {
             AssertionAlgorithm::Ps256 => json!({
                 "alg": "PS256", "typ": "JWT", "x5t#S256": self.certificate.thumbprint_sha256()
@@ -337,52 +515,30 @@ impl ClientCertificate {
             URL_SAFE_NO_PAD.encode(header.to_string()),
             URL_SAFE_NO_PAD.encode(claims.to_string())
         );
-        let key = (*self.certificate.key).clone();
-        let signature = match self.algorithm {
-            AssertionAlgorithm::Ps256 => rsa::pss::SigningKey::<Sha256>::new(key)
-                .try_sign_with_rng(rng, signing_input.as_bytes())
-                .map(|s| s.to_bytes()),
-            AssertionAlgorithm::Rs256 => rsa::pkcs1v15::SigningKey::<Sha256>::new(key)
-                .try_sign_with_rng(rng, signing_input.as_bytes())
-                .map(|s| s.to_bytes()),
-        }
-        .map_err(|_| {
-            cert_error("signing the client assertion failed; is the key at least 2048 bits?")
-        })?;
+        let signature = self
+            .certificate
+            .sign(self.algorithm, signing_input.as_bytes())?;
         Ok(SecretString::new(format!(
             "{signing_input}.{}",
             URL_SAFE_NO_PAD.encode(signature)
         )))
     }
 
-    /// The token request for a fetch sent at `wall`
+    /// The token request for a fetch sent at `wall`, with an assertion whose `jti` comes from
+    /// `seed`, which the runtime fills from the operating system's random source for every fetch
     ///
     /// # Errors
     /// As [`ClientCertificate::build_assertion`], or a [`ConfigError`] for an invalid URL.
-    pub fn build_request<R: CryptoRng + ?Sized>(
-        &self,
-        wall: SystemTime,
-        rng: &mut R,
-    ) -> Result<crate::identity::IdentityRequest, ConfigError> {
-        let assertion = self.build_assertion(wall, rng)?;
-        self.client.form_request(&[
-            ("client_assertion", assertion.expose_secret()),
-            ("client_assertion_type", JWT_BEARER),
-        ])
-    }
-
-    /// [`ClientCertificate::build_request`] with a ChaCha20 CSPRNG seeded from `seed`, which the
-    /// runtime fills from the operating system's random source for every fetch
-    ///
-    /// # Errors
-    /// As [`ClientCertificate::build_request`].
     pub fn build_request_with_seed(
         &self,
         wall: SystemTime,
         seed: [u8; 32],
     ) -> Result<crate::identity::IdentityRequest, ConfigError> {
-        let mut rng = chacha20::ChaCha20Rng::from_seed(seed);
-        self.build_request(wall, &mut rng)
+        let assertion = self.build_assertion(wall, seed)?;
+        self.client.form_request(&[
+            ("client_assertion", assertion.expose_secret()),
+            ("client_assertion_type", JWT_BEARER),
+        ])
     }
 
     /// Reads the answer
@@ -497,8 +653,13 @@ impl ClientCertificateFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rsa::signature::Verifier;
     use std::collections::BTreeMap;
+
+    // The signatures are checked with the `rsa` crate (a dev-dependency, the generation the
+    // emulator verifies with), not with ring, so a test is not the signer grading itself.
+    use rsa::pkcs1::DecodeRsaPublicKey;
+    use rsa::signature::Verifier;
+    use sha2::Digest;
 
     const PKCS8_PEM: &[u8] = include_bytes!("../../test-fixtures/client-pkcs8.pem");
     const PKCS1_PEM: &[u8] = include_bytes!("../../test-fixtures/client-pkcs1.pem");
@@ -506,13 +667,17 @@ mod tests {
     const P12_NO_PASSWORD: &[u8] = include_bytes!("../../test-fixtures/client-nopass.p12");
     const LEAF_PEM: &[u8] = include_bytes!("../../test-fixtures/leaf.crt");
     const CA_PEM: &[u8] = include_bytes!("../../test-fixtures/ca.crt");
+    const RSA1024_PEM: &[u8] = include_bytes!("../../test-fixtures/rsa1024.pem");
+    const EC_PEM: &[u8] = include_bytes!("../../test-fixtures/ec.pem");
+    #[cfg(feature = "pkcs12")]
     const P12_PASSWORD: &str = "fixture-p12-password";
     const WALL: u64 = 1_767_139_200;
 
+    /// The DER of a one-block PEM file, decoded independently of `pem_blocks`
     fn der_of(pem: &[u8]) -> Vec<u8> {
-        pem_rfc7468::decode_vec(pem)
-            .map(|(_, der)| der)
-            .unwrap_or_default()
+        let text = String::from_utf8_lossy(pem);
+        let body: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+        STANDARD.decode(body).unwrap_or_default()
     }
 
     fn client() -> EntraClient {
@@ -525,12 +690,19 @@ mod tests {
         }
     }
 
-    fn credential(data: &[u8], password: Option<&str>) -> CertificateCredential {
+    fn load(data: &[u8], password: Option<&str>) -> Result<CertificateCredential, ConfigError> {
         let password = password.map(SecretString::new);
-        match CertificateCredential::from_bytes(&SecretBytes::new(data.to_vec()), password.as_ref())
-        {
-            Ok(c) => c,
-            Err(e) => panic!("{e}"),
+        CertificateCredential::from_bytes(&SecretBytes::new(data.to_vec()), password.as_ref())
+    }
+
+    fn credential(data: &[u8], password: Option<&str>) -> CertificateCredential {
+        load(data, password).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn problem(result: Result<CertificateCredential, ConfigError>) -> String {
+        match result {
+            Ok(c) => panic!("loaded {c:?}"),
+            Err(e) => e.problem,
         }
     }
 
@@ -552,13 +724,14 @@ mod tests {
         let header = b64json(h);
         let signature = URL_SAFE_NO_PAD.decode(s).unwrap_or_default();
         let message = format!("{h}.{c}");
-        let public = cert.public_key();
+        let public = rsa::RsaPublicKey::from_pkcs1_der(cert.public_key_der())
+            .unwrap_or_else(|e| panic!("public key: {e}"));
         let ok = match header["alg"].as_str() {
             Some("PS256") => {
                 let sig = rsa::pss::Signature::try_from(signature.as_slice());
                 // salt length 32 is what VerifyingKey::new checks
                 sig.is_ok_and(|sig| {
-                    rsa::pss::VerifyingKey::<Sha256>::new(public)
+                    rsa::pss::VerifyingKey::<sha2::Sha256>::new(public)
                         .verify(message.as_bytes(), &sig)
                         .is_ok()
                 })
@@ -566,7 +739,7 @@ mod tests {
             Some("RS256") => {
                 let sig = rsa::pkcs1v15::Signature::try_from(signature.as_slice());
                 sig.is_ok_and(|sig| {
-                    rsa::pkcs1v15::VerifyingKey::<Sha256>::new(public)
+                    rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(public)
                         .verify(message.as_bytes(), &sig)
                         .is_ok()
                 })
@@ -578,36 +751,64 @@ mod tests {
     }
 
     fn assertion(cert: &ClientCertificate, seed: u8) -> String {
-        let mut rng = chacha20::ChaCha20Rng::from_seed([seed; 32]);
-        match cert.build_assertion(UNIX_EPOCH + Duration::from_secs(WALL), &mut rng) {
+        match cert.build_assertion(UNIX_EPOCH + Duration::from_secs(WALL), [seed; 32]) {
             Ok(a) => a.expose_secret().to_owned(),
             Err(e) => panic!("{e}"),
         }
     }
 
     #[test]
-    fn every_input_form_loads_the_same_leaf_first() {
+    fn every_pem_form_loads_the_same_leaf_first_with_digest_thumbprints() {
         let leaf = der_of(LEAF_PEM);
         let ca = der_of(CA_PEM);
-        for cert in [
-            credential(PKCS8_PEM, None),
-            credential(PKCS1_PEM, None),
-            credential(P12, Some(P12_PASSWORD)),
-        ] {
+        for cert in [credential(PKCS8_PEM, None), credential(PKCS1_PEM, None)] {
             assert_eq!(cert.chain_der(), &[leaf.clone(), ca.clone()]);
         }
+        let cert = credential(PKCS8_PEM, None);
+        assert_eq!(
+            cert.thumbprint_sha256(),
+            URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(&leaf))
+        );
+        assert_eq!(
+            cert.thumbprint_sha1(),
+            URL_SAFE_NO_PAD.encode(sha1::Sha1::digest(&leaf))
+        );
+        assert_eq!(
+            cert.public_key_der(),
+            credential(PKCS1_PEM, None).public_key_der()
+        );
+    }
+
+    #[cfg(feature = "pkcs12")]
+    #[test]
+    fn pkcs12_with_and_without_password_loads_the_pem_chain() {
+        let leaf = der_of(LEAF_PEM);
+        let ca = der_of(CA_PEM);
+        assert_eq!(
+            credential(P12, Some(P12_PASSWORD)).chain_der(),
+            &[leaf.clone(), ca]
+        );
         assert_eq!(
             credential(P12_NO_PASSWORD, None).chain_der(),
             std::slice::from_ref(&leaf)
         );
-        assert_eq!(
-            credential(PKCS8_PEM, None).thumbprint_sha256(),
-            URL_SAFE_NO_PAD.encode(Sha256::digest(&leaf))
+        let wrong = CertificateCredential::from_pkcs12(
+            &SecretBytes::new(P12.to_vec()),
+            &SecretString::new("wrong"),
         );
-        assert_eq!(
-            credential(PKCS8_PEM, None).thumbprint_sha1(),
-            URL_SAFE_NO_PAD.encode(Sha1::digest(&leaf))
-        );
+        assert!(problem(wrong).contains("wrong password"));
+    }
+
+    #[cfg(not(feature = "pkcs12"))]
+    #[test]
+    fn pkcs12_without_its_feature_is_an_error_naming_the_feature() {
+        for file in [P12, P12_NO_PASSWORD] {
+            let why = problem(load(file, Some("fixture-p12-password")));
+            assert!(
+                why.contains("not PEM") && why.contains("`pkcs12` feature"),
+                "{why}"
+            );
+        }
     }
 
     #[test]
@@ -641,8 +842,18 @@ mod tests {
     }
 
     #[test]
-    fn rs256_assertion_from_pkcs12_verifies_with_x5t() {
-        let cert = credential(P12, Some(P12_PASSWORD));
+    fn pss_salt_is_fresh_even_with_the_same_seed() {
+        let source = ClientCertificate::new(client(), credential(PKCS8_PEM, None));
+        let one = assertion(&source, 7);
+        let two = assertion(&source, 7);
+        let payload = |jwt: &str| jwt.rsplit_once('.').map(|(p, _)| p.to_owned());
+        assert_eq!(payload(&one), payload(&two), "same jti, same claims");
+        assert_ne!(one, two, "RSASSA-PSS is randomized by its salt");
+    }
+
+    #[test]
+    fn rs256_assertion_from_pkcs1_pem_verifies_with_x5t() {
+        let cert = credential(PKCS1_PEM, None);
         let source = ClientCertificate::new(client(), cert.clone())
             .with_algorithm(AssertionAlgorithm::Rs256);
         let (header, _) = verify(&assertion(&source, 3), &cert);
@@ -650,24 +861,29 @@ mod tests {
             header,
             json!({"alg": "RS256", "typ": "JWT", "x5t": cert.thumbprint_sha1()})
         );
+        assert_eq!(
+            assertion(&source, 3),
+            assertion(&source, 3),
+            "PKCS#1 v1.5 signatures are deterministic"
+        );
     }
 
+    #[cfg(feature = "pkcs12")]
     #[test]
-    fn ps256_from_pkcs12_and_rs256_from_pem_verify_too() {
+    fn both_algorithms_from_pkcs12_verify() {
         let p12 = credential(P12, Some(P12_PASSWORD));
         verify(
             &assertion(&ClientCertificate::new(client(), p12.clone()), 4),
             &p12,
         );
-        let pem = credential(PKCS1_PEM, None);
         let rs =
-            ClientCertificate::new(client(), pem.clone()).with_algorithm(AssertionAlgorithm::Rs256);
-        verify(&assertion(&rs, 5), &pem);
+            ClientCertificate::new(client(), p12.clone()).with_algorithm(AssertionAlgorithm::Rs256);
+        verify(&assertion(&rs, 5), &p12);
     }
 
     #[test]
     fn x5c_is_the_standard_base64_der_chain_leaf_first() {
-        let cert = credential(PKCS8_PEM, None);
+        let cert = credential(PKCS1_PEM, None);
         let source = ClientCertificate::new(client(), cert.clone()).with_certificate_chain(true);
         let (header, _) = verify(&assertion(&source, 6), &cert);
         assert_eq!(
@@ -712,29 +928,84 @@ mod tests {
         assert_eq!(fields[0].1.split('.').count(), 3);
     }
 
+    /// The PKCS#8 key block of the fixture, alone
+    fn key_block() -> String {
+        let text = String::from_utf8_lossy(PKCS8_PEM);
+        let end = text.find("-----END PRIVATE KEY-----").unwrap_or(0) + 25;
+        text.get(..end).unwrap_or_default().to_owned()
+    }
+
     #[test]
-    fn bad_inputs_are_config_errors_and_debug_hides_secrets() {
-        let wrong = CertificateCredential::from_pkcs12(
-            &SecretBytes::new(P12.to_vec()),
-            &SecretString::new("wrong"),
+    fn malformed_files_are_errors_that_name_the_problem() {
+        let leaf = String::from_utf8_lossy(LEAF_PEM).into_owned();
+        let ca = String::from_utf8_lossy(CA_PEM).into_owned();
+        let cases: Vec<(String, &str)> = vec![
+            (leaf.clone(), "no PRIVATE KEY"),
+            (format!("{}\n{ca}", key_block()), "belongs to the private key"),
+            (key_block(), "no CERTIFICATE"),
+            (
+                format!("-----BEGIN PRIVATE KEY-----\nnot*base64\n-----END PRIVATE KEY-----\n{leaf}"),
+                "PRIVATE KEY is not valid base64",
+            ),
+            (
+                format!("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n{leaf}"),
+                "not a valid DER RSA private key",
+            ),
+            (
+                format!("-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n{leaf}"),
+                "RSA PRIVATE KEY was rejected",
+            ),
+            (
+                format!("{leaf}-----BEGIN PRIVATE KEY-----\nMIIE\n"),
+                "PRIVATE KEY has no END line",
+            ),
+            ("-----BEGIN PRIVATE KEY\nMIIE".to_owned(), "no closing dashes"),
+            (
+                "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIE\n-----END ENCRYPTED PRIVATE KEY-----\n"
+                    .to_owned(),
+                "encrypted PEM keys are not supported",
+            ),
+            (
+                "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-256-CBC,00\n\nMIIE\n-----END RSA PRIVATE KEY-----\n"
+                    .to_owned(),
+                "encrypted PEM keys are not supported",
+            ),
+            (
+                String::from_utf8_lossy(RSA1024_PEM).into_owned(),
+                "smaller than 2048 bits",
+            ),
+            (
+                String::from_utf8_lossy(EC_PEM).into_owned(),
+                "not an RSA key",
+            ),
+        ];
+        for (file, expected) in cases {
+            let why = problem(load(file.as_bytes(), None));
+            assert!(why.contains(expected), "{expected:?} not in {why:?}");
+        }
+        assert!(problem(load(b"\xff-----BEGIN", None)).contains("not text"));
+        assert!(load(b"garbage", None).is_err());
+    }
+
+    #[test]
+    fn a_certificate_with_broken_der_matches_no_key_and_never_panics() {
+        let leaf = der_of(LEAF_PEM);
+        for cut in [0, 1, 2, 4, 10, 100, leaf.len() / 2, leaf.len() - 1] {
+            let truncated = leaf.get(..cut).unwrap_or_default();
+            assert_eq!(certificate_public_key(truncated), None, "cut at {cut}");
+        }
+        assert!(certificate_public_key(&leaf).is_some());
+        // A length field of 5 bytes, and one pointing past the end.
+        assert_eq!(der_element(&[0x30, 0x85, 1, 0, 0, 0, 0]), None);
+        assert_eq!(der_element(&[0x30, 0x82, 0x01, 0x00, 0xaa]), None);
+        assert_eq!(
+            der_element(&[0x02, 0x81, 0x01, 0x07, 0xff]),
+            Some((0x02, &[0x07][..], &[0xff][..]))
         );
-        assert!(wrong.is_err_and(|e| e.problem.contains("wrong password")));
-        let only_cert = CertificateCredential::from_pem(&SecretBytes::new(LEAF_PEM.to_vec()));
-        assert!(only_cert.is_err_and(|e| e.problem.contains("no PRIVATE KEY")));
-        let mut key_and_ca = Vec::new();
-        let key_end = PKCS8_PEM
-            .windows(25)
-            .position(|w| w == b"-----END PRIVATE KEY-----")
-            .unwrap_or(0)
-            + 25;
-        key_and_ca.extend_from_slice(PKCS8_PEM.get(..key_end).unwrap_or_default());
-        key_and_ca.extend_from_slice(b"\n");
-        key_and_ca.extend_from_slice(CA_PEM);
-        let mismatched = CertificateCredential::from_pem(&SecretBytes::new(key_and_ca));
-        assert!(mismatched.is_err_and(|e| e.problem.contains("belongs to the private key")));
-        let garbage =
-            CertificateCredential::from_bytes(&SecretBytes::new(b"garbage".to_vec()), None);
-        assert!(garbage.is_err());
+    }
+
+    #[test]
+    fn debug_hides_the_key_and_the_key_stays_in_zeroizing_storage() {
         let cert = credential(PKCS8_PEM, None);
         let printed = format!(
             "{cert:?} {:?}",
@@ -744,6 +1015,9 @@ mod tests {
             !printed.contains("MII") && printed.contains("redacted"),
             "{printed}"
         );
+        // The key is kept as SecretBytes (ZeroizeOnDrop), never as a parsed key pair.
+        fn zeroized_on_drop<T: zeroize::ZeroizeOnDrop>(_: &T) {}
+        zeroized_on_drop(&*cert.key);
     }
 
     #[test]
@@ -751,13 +1025,18 @@ mod tests {
         let mut map = BTreeMap::new();
         map.insert(env::AZURE_TENANT_ID, "t1");
         map.insert(env::AZURE_CLIENT_ID, "c1");
-        map.insert(env::AZURE_CLIENT_CERTIFICATE_PATH, "/etc/app/cert.p12");
-        map.insert(env::AZURE_CLIENT_CERTIFICATE_PASSWORD, P12_PASSWORD);
+        map.insert(env::AZURE_CLIENT_CERTIFICATE_PATH, "/etc/app/cert.pem");
+        map.insert(
+            env::AZURE_CLIENT_CERTIFICATE_PASSWORD,
+            "fixture-p12-password",
+        );
         let file = ClientCertificateFile::from_env(&map);
         let Ok(file) = file else { panic!("{file:?}") };
-        assert_eq!(file.path(), std::path::Path::new("/etc/app/cert.p12"));
+        assert_eq!(file.path(), std::path::Path::new("/etc/app/cert.pem"));
         assert!(!file.sends_chain());
-        assert!(!format!("{file:?}").contains(P12_PASSWORD));
+        assert!(!format!("{file:?}").contains("fixture-p12-password"));
+        assert!(file.load(&SecretBytes::new(PKCS8_PEM.to_vec())).is_ok());
+        #[cfg(feature = "pkcs12")]
         assert!(file.load(&SecretBytes::new(P12.to_vec())).is_ok());
         for (value, expected) in [
             ("1", true),

@@ -22,7 +22,7 @@
 //! | Azure ML | [`azure_ml`] | `GET {MSI_ENDPOINT}`, `secret`, `clientid` | `MSI_ENDPOINT`, `MSI_SECRET` |
 //! | workload identity | [`workload`] | form `POST` with the projected token | `AZURE_FEDERATED_TOKEN_FILE`, ... |
 //! | client secret | [`client_secret`] | form `POST` | `AZURE_CLIENT_SECRET`, ... |
-//! | client certificate | `client_certificate` (feature `certificate`) | form `POST` with a PS256/RS256 assertion | `AZURE_CLIENT_CERTIFICATE_PATH`, ... |
+//! | client certificate | `client_certificate` (feature `certificate`, on by default; PKCS#12 files with feature `pkcs12`) | form `POST` with a PS256/RS256 assertion | `AZURE_CLIENT_CERTIFICATE_PATH`, ... |
 //! | Azure CLI / azd | [`cli`] | a [`cli::CommandSpec`] | — |
 //! | callback / fixed token | [`custom`] | — | code only |
 //! | default chain | [`chain`] | the above in order | the whole environment |
