@@ -18,7 +18,7 @@ pub const REDACTED: &str = "[redacted]";
 /// assert_eq!(format!("{secret:?}"), "SecretString([redacted])");
 /// assert_eq!(secret.expose_secret(), "hunter2");
 /// ```
-#[derive(Clone, Default, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct SecretString(String);
 
 impl SecretString {
@@ -64,7 +64,7 @@ impl fmt::Debug for SecretString {
 }
 
 /// A binary secret (a private key, a PKCS#12 archive): redacted in `Debug`, zeroized on drop
-#[derive(Clone, Default, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct SecretBytes(Vec<u8>);
 
 impl SecretBytes {
@@ -100,6 +100,36 @@ impl fmt::Debug for SecretBytes {
         write!(f, "SecretBytes({REDACTED}, {} bytes)", self.0.len())
     }
 }
+
+// Written out rather than derived: `zeroize_derive` would be the only user of `syn` 2 in an
+// application whose other macros moved on, two crates for four short impls.
+impl Zeroize for SecretString {
+    fn zeroize(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl Drop for SecretString {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for SecretString {}
+
+impl Zeroize for SecretBytes {
+    fn zeroize(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl Drop for SecretBytes {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for SecretBytes {}
 
 #[cfg(test)]
 mod tests {

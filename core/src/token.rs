@@ -11,8 +11,18 @@ use crate::secret::{SecretString, REDACTED};
 /// An Entra ID access token: the Redis password
 ///
 /// Redacted in `Debug`, no `Display`, zeroized on drop.
-#[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct AccessToken(SecretString);
+
+// Written out rather than derived (no `zeroize_derive`): the inner `SecretString` already
+// zeroizes itself on drop, which is what makes this `ZeroizeOnDrop`.
+impl Zeroize for AccessToken {
+    fn zeroize(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for AccessToken {}
 
 impl AccessToken {
     /// Wraps a token
