@@ -16,8 +16,10 @@
 //! for good after one failed `AUTH` and tells nobody, and its `ConnectionManager` caches a
 //! `WRONGPASS` met while reconnecting after an outage and fails every later command. The
 //! provider still implements [`StreamingCredentialsProvider`] for what has no other door:
-//! **async cluster** connections (`ClusterClientBuilder::set_credentials_provider`), whose
-//! node connections redis-rs creates itself. There a failed node re-`AUTH` is reported
+//! **async cluster** connections (`ClusterClientBuilder::set_credentials_provider`, with
+//! redis-rs's `cluster-async` feature enabled by the application: this crate does not enable it,
+//! so applications without a cluster do not build its dependencies), whose node connections
+//! redis-rs creates itself. There a failed node re-`AUTH` is reported
 //! ([`Event::ReauthFailed`](redis_entraid_core::event::Event::ReauthFailed)) and answered with
 //! a fresh token, but that node connection stays on its old token until the server closes it
 //! at expiry and the cluster reconnects it with the latest one (its commands are retried by
