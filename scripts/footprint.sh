@@ -43,11 +43,10 @@ BUILD_APPS=${BUILD_APPS:-"redis-rs-entra-id ours-tokio ours-blocking"}
 
 # Duplicates we know of in our graphs and cannot remove from here, with the reason. A new one
 # fails the check; remove an entry as soon as its reason is gone.
-#  - base64: reqwest 0.12 itself uses base64 0.22 while its hyper-util uses 0.23.
 #  - getrandom (blocking, async-std through it): the blocking runtime calls getrandom 0.3 for
-#    its seeds while ring
-#    (rustls's provider) uses 0.2; the call sits in runtime-blocking/src/provider.rs.
-KNOWN_DUPLICATES="ours-tokio:base64 ours-blocking:getrandom ours-async-std:getrandom"
+#    its seeds while ring (rustls's provider) uses 0.2; the call sits in
+#    runtime-blocking/src/provider.rs (getrandom 0.2's API, or ring's SystemRandom, fixes it).
+KNOWN_DUPLICATES="ours-blocking:getrandom ours-async-std:getrandom"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/redis-entraid-footprint.XXXXXX")
 cleanup() { rm -rf "$WORK"; }
