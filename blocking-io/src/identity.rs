@@ -104,7 +104,7 @@ impl Backends for ThreadBackends {
 
     fn context(&self) -> Result<FetchContext, FetchError> {
         let mut seed = [0u8; 32];
-        getrandom::fill(&mut seed).map_err(|e| {
+        getrandom::getrandom(&mut seed).map_err(|e| {
             FetchError::from(TransportError::permanent(format!(
                 "the OS random source failed: {e}"
             )))

@@ -137,7 +137,7 @@ impl ProviderBuilder {
 /// fleet do not retry and refresh in lockstep (an explicit `rng_seed` is kept)
 fn seeded(config: Config) -> Config {
     let mut seed = [0u8; 8];
-    if getrandom::fill(&mut seed).is_err() {
+    if getrandom::getrandom(&mut seed).is_err() {
         // No OS entropy (very rare): the process id and the clock still differ across a fleet.
         let nanos = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
