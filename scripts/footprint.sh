@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What redis-entraid adds to an application's build, next to redis-rs's own `entra-id` feature.
 #
-# usage: scripts/footprint.sh [--build-cost] [--no-check]
+# usage: scripts/footprint.sh [--build-cost] [--list] [--no-check]
 #
 # Writes minimal applications into a throwaway directory (path dependencies on this checkout's
 # crates; crates.io for the rest, resolved fresh, as a new user would get them), and prints one
@@ -12,6 +12,7 @@
 #   its base app does not have, duplicates (one name, several versions) and pre-release versions.
 #   Bases: redis 1.x + tokio + rustls (ring) for the async apps, redis + rustls + r2d2 for the
 #   blocking one, redis (smol) + smol + rustls for async-std.
+# - with --list: the added crates of each app, one line per app (what to cut next).
 # - with --build-cost: clean `cargo build --release` time (fresh target directory, crates
 #   downloaded beforehand) and the binary's size as built and stripped, for redis-rs
 #   `entra-id`, ours on tokio and ours blocking (BUILD_APPS overrides the list).
@@ -24,13 +25,15 @@ set -euo pipefail
 # FOOTPRINT_ROOT measures another checkout (e.g. to compare with main).
 ROOT=${FOOTPRINT_ROOT:-$(cd "$(dirname "$0")/.." && pwd)}
 BUILD_COST=0
+LIST=0
 CHECK=1
 for arg in "$@"; do
     case "$arg" in
         --build-cost) BUILD_COST=1 ;;
+        --list) LIST=1 ;;
         --no-check) CHECK=0 ;;
         -h | --help)
-            sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -213,6 +216,17 @@ done
 echo
 echo "Added = crates of the app that its base does not have (another version of a base crate counts)."
 echo "Known duplicates allowed in our graphs: $KNOWN_DUPLICATES (reasons in scripts/footprint.sh)."
+
+if [ "$LIST" = 1 ]; then
+    echo
+    echo "## Added crates"
+    echo
+    for name in "${APPS[@]}"; do
+        base=${BASE_OF[$name]}
+        [ -n "$base" ] || continue
+        echo "- $name: $(comm -13 "$WORK/$base.crates" "$WORK/$name.crates" | awk '{ print $1 }' | tr '\n' ' ' | sed 's/ $//')"
+    done
+fi
 
 if [ "$BUILD_COST" = 1 ]; then
     strip_cmd=$(command -v strip || true)
