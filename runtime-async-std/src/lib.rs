@@ -39,7 +39,7 @@ mod shared;
 
 pub use builder::ProviderBuilder;
 pub use driver::Driver;
-pub use provider::{Provider, Subscription};
+pub use provider::{Provider, Subscription, WeakProvider};
 pub use redis_entraid_blocking_io::{Fetcher, HttpConfig, IdentityFetcher};
 pub use redis_entraid_core::startup::{Startup, StartupError};
 pub use redis_entraid_core::{config, error, event, identity, token};

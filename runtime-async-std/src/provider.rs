@@ -218,7 +218,7 @@ impl Provider {
 /// `Provider` drops, whatever holds one of these)
 #[derive(Clone)]
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-pub(crate) struct WeakProvider {
+pub struct WeakProvider {
     pub(crate) shared: Arc<Shared>,
     commands: Sender<Input>,
     signals: Arc<Signals>,

@@ -37,7 +37,7 @@ mod source;
 
 pub use builder::ProviderBuilder;
 pub use http::AsyncHttpClient;
-pub use provider::{Provider, Subscription};
+pub use provider::{Provider, Subscription, WeakProvider};
 pub use redis_entraid_core::identity::HttpConfig;
 pub use redis_entraid_core::startup::{Startup, StartupError};
 pub use redis_entraid_core::{config, error, event, identity, token};

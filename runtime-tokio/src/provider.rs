@@ -221,7 +221,7 @@ impl Provider {
 /// not keep the driver alive once every [`Provider`] is gone
 #[derive(Clone)]
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-pub(crate) struct WeakProvider {
+pub struct WeakProvider {
     pub(crate) state: watch::Receiver<Snapshot>,
     commands: mpsc::WeakSender<Command>,
     signals: Arc<Signals>,

@@ -55,137 +55,127 @@
 //! # Ok(()) }
 //! ```
 //!
+//! The connection code is written once for both async runtimes, in
+//! `redis-entraid-redis-async`; this module lends it smol's tasks and async-io's timers and
+//! names its types for this crate's [`Provider`].
+//!
 //! Each rotation's fan-out (token arrival to every connection's `AUTH` OK, and the margin left
 //! on the replaced token) is in [`Provider::fan_out_reports`].
 
-mod connection;
-mod manager;
-mod reauth;
-
-pub use connection::{EntraClient, EntraConnection};
-pub use manager::{EntraConnectionManager, ManagerConfig};
-pub use redis_entraid_core::fan_out::FanOutReport;
-
+use std::future::Future;
 use std::pin::Pin;
+use std::time::{Duration, Instant};
 
-use futures_lite::{stream, Stream};
+use futures_lite::Stream;
 use redis::auth::{BasicAuth, StreamingCredentialsProvider};
-use redis::{ErrorKind, RedisError, RedisResult};
-use redis_entraid_core::error::{ReauthError, ReauthErrorKind};
+use redis::{RedisError, RedisResult};
+use redis_entraid_core::command::Command;
 use redis_entraid_core::event::Generation;
-use redis_entraid_core::token::Credentials;
+use redis_entraid_core::fan_out::FanOutLog;
+use redis_entraid_core::observed::Observed;
+use redis_entraid_redis_async as shared;
 
-use crate::provider::{Command, WeakProvider};
+pub use redis_entraid_core::fan_out::FanOutReport;
+pub use shared::{ManagerConfig, MAX_REAUTHS_IN_FLIGHT};
+
+use crate::provider::WeakProvider;
 use crate::Provider;
 
-/// For async cluster connections (`ClusterClientBuilder::set_credentials_provider`); use
-/// [`EntraClient`] for everything else (see the [module documentation](self))
+/// A redis-rs [`Client`](redis::Client) paired with a [`Provider`]: every connection it opens
+/// authenticates with the provider's latest credentials and re-authenticates in place with
+/// each newer token (see [`shared::EntraClient`] for every method)
 ///
-/// Every subscription is a latest-value stream over the provider's shared state: a slow or
-/// dead connection never delays another or the refresh, and it always gets the newest token,
-/// never a backlog. It does not keep the driver alive. When redis-rs stops re-authenticating
-/// a connection right after being handed new credentials (its `AUTH` failed, or it closed),
-/// the provider is told once per generation and fetches a fresh token.
+/// ```no_run
+/// use redis::AsyncCommands;
+/// use redis_entraid_async_std::redis::EntraClient;
+/// use redis_entraid_async_std::Provider;
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let provider = Provider::builder().build_from_env(|driver| smol::spawn(driver).detach()).await?;
+/// let client = EntraClient::new(redis::Client::open("rediss://my-cache.redis.azure.net:10000")?, provider);
+/// let mut con = client.get_multiplexed_connection().await?;
+/// let () = con.set("k", "v").await?;
+/// let mut manager = client.get_connection_manager().await?;
+/// let _: Option<String> = manager.get("k").await?;
+/// # Ok(()) }
+/// ```
+pub type EntraClient = shared::EntraClient<Provider>;
+
+/// A redis-rs `MultiplexedConnection` that re-authenticates in place with every newer token
+/// (see [`shared::EntraConnection`])
+pub type EntraConnection = shared::EntraConnection<Provider>;
+
+/// A connection that reconnects whenever it is lost, with the latest usable token (see
+/// [`shared::EntraConnectionManager`])
+pub type EntraConnectionManager = shared::EntraConnectionManager<Provider>;
+
+/// smol's global executor (where redis-rs runs its own connection drivers under
+/// `smol-comp`) and async-io's timers, lent to the shared connection code
+#[derive(Debug)]
+pub struct Smol;
+
+impl shared::Runtime for Smol {
+    /// Dropping a `smol::Task` cancels it.
+    type Task = smol::Task<()>;
+
+    fn spawn(task: impl Future<Output = ()> + Send + 'static) -> smol::Task<()> {
+        smol::spawn(task)
+    }
+
+    fn spawn_detached(task: impl Future<Output = ()> + Send + 'static) {
+        smol::spawn(task).detach();
+    }
+
+    async fn sleep(duration: Duration) {
+        async_io::Timer::after(duration).await;
+    }
+
+    fn now() -> Instant {
+        Instant::now()
+    }
+}
+
+impl shared::ProviderLink for WeakProvider {
+    type Runtime = Smol;
+
+    fn observe<T>(&self, read: impl FnOnce(&Observed) -> T) -> T {
+        read(&self.shared.lock())
+    }
+
+    async fn wait_until<T: Send>(
+        &self,
+        ready: impl FnMut(&Observed) -> Option<T> + Send,
+    ) -> Option<T> {
+        self.shared.wait_until(None, ready).await
+    }
+
+    fn send(&self, command: Command) {
+        WeakProvider::send(self, command);
+    }
+
+    fn first_report_for(&self, generation: Generation) -> bool {
+        WeakProvider::first_report_for(self, generation)
+    }
+
+    fn fan_out(&self) -> &FanOutLog {
+        &self.fan_out
+    }
+}
+
+impl shared::ProviderHandle for Provider {
+    type Link = WeakProvider;
+
+    fn downgrade(&self) -> WeakProvider {
+        Provider::downgrade(self)
+    }
+}
+
+/// For async cluster connections (`ClusterClientBuilder::set_credentials_provider`); use
+/// [`EntraClient`] for everything else (see the [module documentation](self) and
+/// [`shared::credentials_stream`])
 impl StreamingCredentialsProvider for Provider {
     fn subscribe(&self) -> Pin<Box<dyn Stream<Item = RedisResult<BasicAuth>> + Send + 'static>> {
-        credentials_stream(self.downgrade())
+        shared::credentials_stream(self.downgrade())
     }
-}
-
-/// A copy forced by redis-rs's `BasicAuth` (owned `String`s), dropped without being wiped
-fn basic_auth(credentials: &Credentials) -> BasicAuth {
-    BasicAuth::new(
-        credentials.username().to_owned(),
-        credentials.password().expose_secret().to_owned(),
-    )
-}
-
-struct StreamState {
-    provider: WeakProvider,
-    seen: Option<Generation>,
-    /// A generation yielded after the first item, whose `AUTH` is not known to have worked
-    unconfirmed: Option<Generation>,
-    ended: bool,
-}
-
-impl Drop for StreamState {
-    fn drop(&mut self) {
-        if let Some(generation) = self.unconfirmed.take() {
-            // One report per generation: when many connections die at once (a network
-            // blip), one refresh is enough and the event stream stays readable.
-            if !self.provider.first_report_for(generation) {
-                return;
-            }
-            tracing::warn!(
-                generation = generation.0,
-                "a redis-rs connection stopped re-authenticating right after being handed new \
-                 credentials (its AUTH failed or it closed); fetching a fresh token"
-            );
-            self.provider.send(Command::Reauth {
-                generation,
-                result: Err(ReauthError::new(
-                    ReauthErrorKind::Other,
-                    "redis-rs stopped re-authenticating a connection after AUTH with these \
-                     credentials (the AUTH failed or the connection closed)",
-                )),
-            });
-            self.provider.send(Command::RefreshNow);
-        }
-    }
-}
-
-fn credentials_stream(
-    provider: WeakProvider,
-) -> Pin<Box<dyn Stream<Item = RedisResult<BasicAuth>> + Send + 'static>> {
-    let state = StreamState {
-        provider,
-        seen: None,
-        unconfirmed: None,
-        ended: false,
-    };
-    Box::pin(stream::unfold(state, |mut st| async move {
-        // Being polled again means the consumer finished with the previous item.
-        st.unconfirmed = None;
-        if st.ended {
-            return None;
-        }
-        let first = st.seen.is_none();
-        let seen = st.seen;
-        let found = st
-            .provider
-            .shared
-            .wait_until(None, |s| {
-                match (s.latest(), seen) {
-                    (Some((g, c)), Some(seen)) if *g > seen => return Some(Some((*g, c.clone()))),
-                    (Some((g, c)), None) => return Some(Some((*g, c.clone()))),
-                    _ => {}
-                }
-                s.is_stopped().then_some(None)
-            })
-            .await
-            .flatten();
-        match found {
-            Some((generation, credentials)) => {
-                st.seen = Some(generation);
-                if !first {
-                    st.unconfirmed = Some(generation);
-                }
-                Some((Ok(basic_auth(&credentials)), st))
-            }
-            // Stopped before any token: one error, then the end of the stream.
-            None if first => {
-                st.ended = true;
-                Some((
-                    Err(RedisError::from((
-                        ErrorKind::AuthenticationFailed,
-                        "the Entra ID token provider stopped before it had a token",
-                    ))),
-                    st,
-                ))
-            }
-            None => None,
-        }
-    }))
 }
 
 /// Reports a Redis error to the provider when it says the credentials were refused
@@ -193,20 +183,5 @@ fn credentials_stream(
 /// [`Event::ReauthFailed`](redis_entraid_core::event::Event::ReauthFailed) and fetches a fresh
 /// token. Returns whether it was such an error.
 pub fn report_error(provider: &Provider, error: &RedisError) -> bool {
-    let code = error.code().unwrap_or_default();
-    let kind = match code {
-        "WRONGPASS" => ReauthErrorKind::WrongPass,
-        "NOAUTH" => ReauthErrorKind::NoAuth,
-        _ if error.kind() == ErrorKind::AuthenticationFailed => ReauthErrorKind::WrongPass,
-        _ => return false,
-    };
-    let generation = provider.current().map_or(Generation(0), |(g, _)| g);
-    provider.report_reauth(
-        generation,
-        Err(ReauthError::new(
-            kind,
-            format!("Redis refused a command: {code}"),
-        )),
-    );
-    true
+    shared::report_error(provider, error)
 }

@@ -29,6 +29,10 @@
 //! `set_credentials_provider` call and open connections through
 //! `EntraClient::new(client, provider)`; keep the rest of the config.
 //!
+//! The connection code is written once for both async runtimes, in
+//! `redis-entraid-redis-async`; this module lends it tokio's tasks and timers and names its
+//! types for this crate's [`Provider`].
+//!
 //! Each rotation's fan-out (token arrival to every connection's `AUTH` OK, and the margin left
 //! on the replaced token) is in [`Provider::fan_out_reports`].
 //!
@@ -39,123 +43,139 @@
 //! [`Resp2Subscriber`] swaps connections instead; see its documentation for what is
 //! guaranteed.
 
-mod connection;
-mod manager;
-mod reauth;
 mod resp2;
 
-pub use connection::{EntraClient, EntraConnection};
-pub use manager::{EntraConnectionManager, ManagerConfig};
-pub use redis_entraid_core::fan_out::FanOutReport;
-pub use resp2::{Resp2Subscriber, RESP2_DEFAULT_CAPACITY};
-
+use std::future::Future;
 use std::pin::Pin;
+use std::time::{Duration, Instant};
 
 use futures_util::Stream;
 use redis::auth::{BasicAuth, StreamingCredentialsProvider};
-use redis::{ErrorKind, RedisError, RedisResult};
-use redis_entraid_core::error::{ReauthError, ReauthErrorKind};
+use redis::{RedisError, RedisResult};
+use redis_entraid_core::command::Command;
 use redis_entraid_core::event::Generation;
-use redis_entraid_core::token::Credentials;
+use redis_entraid_core::fan_out::FanOutLog;
+use redis_entraid_core::observed::Observed;
+use redis_entraid_redis_async as shared;
 
-use crate::provider::{Command, Provider, Snapshot, WeakProvider};
+pub use redis_entraid_core::fan_out::FanOutReport;
+pub use resp2::{Resp2Subscriber, RESP2_DEFAULT_CAPACITY};
+pub use shared::{ManagerConfig, MAX_REAUTHS_IN_FLIGHT};
 
+use crate::provider::{Provider, WeakProvider};
+
+/// A redis-rs [`Client`](redis::Client) paired with a [`Provider`]: every connection it opens
+/// authenticates with the provider's latest credentials and re-authenticates in place with
+/// each newer token (see [`shared::EntraClient`] for every method)
+///
+/// ```no_run
+/// use redis::AsyncCommands;
+/// use redis_entraid_tokio::redis_async::EntraClient;
+/// use redis_entraid_tokio::Provider;
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let provider = Provider::from_env().await?;
+/// let client = EntraClient::new(redis::Client::open("rediss://my-cache.redis.azure.net:10000")?, provider);
+/// let mut con = client.get_multiplexed_connection().await?;
+/// let () = con.set("k", "v").await?;
+/// let mut manager = client.get_connection_manager().await?;
+/// let _: Option<String> = manager.get("k").await?;
+/// # Ok(()) }
+/// ```
+pub type EntraClient = shared::EntraClient<Provider>;
+
+/// A redis-rs `MultiplexedConnection` that re-authenticates in place with every newer token
+/// (see [`shared::EntraConnection`])
+pub type EntraConnection = shared::EntraConnection<Provider>;
+
+/// A connection that reconnects whenever it is lost, with the latest usable token (see
+/// [`shared::EntraConnectionManager`])
+pub type EntraConnectionManager = shared::EntraConnectionManager<Provider>;
+
+/// Tokio's tasks and timers, lent to the shared connection code
+#[derive(Debug)]
+pub struct Tokio;
+
+/// Aborts a task when dropped
+#[derive(Debug)]
+pub struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl shared::Runtime for Tokio {
+    type Task = AbortOnDrop;
+
+    fn spawn(task: impl Future<Output = ()> + Send + 'static) -> AbortOnDrop {
+        AbortOnDrop(tokio::spawn(task))
+    }
+
+    fn spawn_detached(task: impl Future<Output = ()> + Send + 'static) {
+        drop(tokio::spawn(task));
+    }
+
+    fn sleep(duration: Duration) -> impl Future<Output = ()> + Send {
+        tokio::time::sleep(duration)
+    }
+
+    fn now() -> Instant {
+        crate::provider::now()
+    }
+}
+
+impl shared::ProviderLink for WeakProvider {
+    type Runtime = Tokio;
+
+    fn observe<T>(&self, read: impl FnOnce(&Observed) -> T) -> T {
+        read(&self.state.borrow())
+    }
+
+    async fn wait_until<T: Send>(
+        &self,
+        mut ready: impl FnMut(&Observed) -> Option<T> + Send,
+    ) -> Option<T> {
+        let mut state = self.state.clone();
+        let mut found = None;
+        // An error means the driver is gone: nothing newer can come.
+        let _ = state
+            .wait_for(|s| {
+                found = ready(s);
+                found.is_some()
+            })
+            .await;
+        found
+    }
+
+    fn send(&self, command: Command) {
+        WeakProvider::send(self, command);
+    }
+
+    fn first_report_for(&self, generation: Generation) -> bool {
+        WeakProvider::first_report_for(self, generation)
+    }
+
+    fn fan_out(&self) -> &FanOutLog {
+        &self.fan_out
+    }
+}
+
+impl shared::ProviderHandle for Provider {
+    type Link = WeakProvider;
+
+    fn downgrade(&self) -> WeakProvider {
+        Provider::downgrade(self)
+    }
+}
+
+/// For async cluster connections (`ClusterClientBuilder::set_credentials_provider`); use
+/// [`EntraClient`] for everything else (see the [module documentation](self) and
+/// [`shared::credentials_stream`])
 impl StreamingCredentialsProvider for Provider {
     fn subscribe(&self) -> Pin<Box<dyn Stream<Item = RedisResult<BasicAuth>> + Send + 'static>> {
-        credentials_stream(self.downgrade())
+        shared::credentials_stream(self.downgrade())
     }
-}
-
-/// A copy forced by redis-rs's `BasicAuth` (owned `String`s), dropped without being wiped
-fn basic_auth(credentials: &Credentials) -> BasicAuth {
-    BasicAuth::new(
-        credentials.username().to_owned(),
-        credentials.password().expose_secret().to_owned(),
-    )
-}
-
-struct StreamState {
-    provider: WeakProvider,
-    seen: Option<Generation>,
-    /// A generation yielded after the first item, whose `AUTH` is not known to have worked
-    unconfirmed: Option<Generation>,
-    ended: bool,
-}
-
-impl Drop for StreamState {
-    fn drop(&mut self) {
-        if let Some(generation) = self.unconfirmed.take() {
-            // One report per generation: when many connections die at once (a network
-            // blip), one refresh is enough and the event stream stays readable.
-            if !self.provider.first_report_for(generation) {
-                return;
-            }
-            tracing::warn!(
-                generation = generation.0,
-                "a redis-rs connection stopped re-authenticating right after being handed new \
-                 credentials (its AUTH failed or it closed); fetching a fresh token"
-            );
-            self.provider.send(Command::Reauth {
-                generation,
-                result: Err(ReauthError::new(
-                    ReauthErrorKind::Other,
-                    "redis-rs stopped re-authenticating a connection after AUTH with these \
-                     credentials (the AUTH failed or the connection closed)",
-                )),
-            });
-            self.provider.send(Command::RefreshNow);
-        }
-    }
-}
-
-fn credentials_stream(
-    provider: WeakProvider,
-) -> Pin<Box<dyn Stream<Item = RedisResult<BasicAuth>> + Send + 'static>> {
-    let state = StreamState {
-        provider,
-        seen: None,
-        unconfirmed: None,
-        ended: false,
-    };
-    Box::pin(futures_util::stream::unfold(state, |mut st| async move {
-        // Being polled again means the consumer finished with the previous item.
-        st.unconfirmed = None;
-        if st.ended {
-            return None;
-        }
-        let first = st.seen.is_none();
-        let seen = st.seen;
-        let mut rx = st.provider.state.clone();
-        let newer = |s: &Snapshot| match (s.latest(), seen) {
-            (Some((g, _)), Some(seen)) => *g > seen,
-            (Some(_), None) => true,
-            _ => false,
-        };
-        let found = rx
-            .wait_for(|s| s.is_stopped() || newer(s))
-            .await
-            .ok()
-            .and_then(|s| if newer(&s) { s.latest().cloned() } else { None });
-        match found {
-            Some((generation, credentials)) => {
-                st.seen = Some(generation);
-                if !first {
-                    st.unconfirmed = Some(generation);
-                }
-                Some((Ok(basic_auth(&credentials)), st))
-            }
-            None => {
-                st.ended = true;
-                Some((
-                    Err(RedisError::from((
-                        ErrorKind::AuthenticationFailed,
-                        "the redis-entraid provider has stopped",
-                    ))),
-                    st,
-                ))
-            }
-        }
-    }))
 }
 
 /// Reports a Redis error to the provider when it says the credentials were refused
@@ -163,20 +183,5 @@ fn credentials_stream(
 /// [`Event::ReauthFailed`](redis_entraid_core::event::Event::ReauthFailed) and fetches a fresh
 /// token. Returns whether it was such an error.
 pub fn report_error(provider: &Provider, error: &RedisError) -> bool {
-    let code = error.code().unwrap_or_default();
-    let kind = match code {
-        "WRONGPASS" => ReauthErrorKind::WrongPass,
-        "NOAUTH" => ReauthErrorKind::NoAuth,
-        _ if error.kind() == ErrorKind::AuthenticationFailed => ReauthErrorKind::WrongPass,
-        _ => return false,
-    };
-    let generation = provider.current().map_or(Generation(0), |(g, _)| g);
-    provider.report_reauth(
-        generation,
-        Err(ReauthError::new(
-            kind,
-            format!("Redis refused a command: {code}"),
-        )),
-    );
-    true
+    shared::report_error(provider, error)
 }

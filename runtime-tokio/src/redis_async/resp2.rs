@@ -86,7 +86,7 @@ async fn open_pubsub(
     client: &redis::Client,
     credentials: &Credentials,
 ) -> RedisResult<redis::aio::PubSub> {
-    super::connection::with_credentials(client, credentials)?
+    redis_entraid_redis_async::client_with_credentials(client, credentials)?
         .get_async_pubsub()
         .await
 }

@@ -7,9 +7,10 @@
 //! arrive. This manager reconnects with the latest usable credentials, retries with backoff,
 //! and retries at once when a newer token arrives.
 
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
+use event_listener::Event as Notify;
 use redis::aio::ConnectionLike;
 use redis::{
     AsyncConnectionConfig, Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, Value,
@@ -17,11 +18,11 @@ use redis::{
 use redis_entraid_core::backoff::Backoff;
 use redis_entraid_core::config::RetryPolicy;
 use redis_entraid_core::event::Generation;
-use tokio::sync::watch;
+use redis_entraid_core::observed::Observed;
 
-use super::connection::{usable_credentials, EntraClient, EntraConnection};
-use super::reauth::is_gone;
-use crate::provider::WeakProvider;
+use crate::connection::{usable_credentials, EntraClient, EntraConnection};
+use crate::reauth::is_gone;
+use crate::runtime::{timeout, ProviderHandle, ProviderLink, Runtime, RuntimeOf};
 
 /// Settings of an [`EntraConnectionManager`]
 #[derive(Clone, Debug)]
@@ -69,10 +70,9 @@ impl ManagerConfig {
     }
 }
 
-#[derive(Clone, Debug)]
-enum Slot {
+enum Slot<P: ProviderHandle> {
     Connected {
-        con: EntraConnection,
+        con: EntraConnection<P>,
         epoch: u64,
     },
     Reconnecting {
@@ -83,65 +83,146 @@ enum Slot {
     Stopped,
 }
 
-/// What the manager and its reconnect task share. It holds the provider weakly: a manager
-/// alone never keeps the driver alive.
-#[derive(Debug)]
-struct Inner {
+// Written out: a derive would ask `P: Clone`/`Debug` of the runtime's task type too.
+impl<P: ProviderHandle> Clone for Slot<P> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Connected { con, epoch } => Self::Connected {
+                con: con.clone(),
+                epoch: *epoch,
+            },
+            Self::Reconnecting { epoch, last_error } => Self::Reconnecting {
+                epoch: *epoch,
+                last_error: last_error.clone(),
+            },
+            Self::Stopped => Self::Stopped,
+        }
+    }
+}
+
+/// The current slot, and a notification on every change
+struct SlotCell<P: ProviderHandle> {
+    slot: Mutex<Slot<P>>,
+    changed: Notify,
+}
+
+impl<P: ProviderHandle> SlotCell<P> {
+    fn lock(&self) -> MutexGuard<'_, Slot<P>> {
+        // Every update is a single assignment, so a poisoned lock still holds a whole slot.
+        self.slot.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn replace(&self, slot: Slot<P>) {
+        *self.lock() = slot;
+        self.changed.notify(usize::MAX);
+    }
+
+    /// Applies `f`; notifies waiters when it says it changed the slot. Returns that.
+    fn modify_if(&self, f: impl FnOnce(&mut Slot<P>) -> bool) -> bool {
+        let changed = f(&mut self.lock());
+        if changed {
+            self.changed.notify(usize::MAX);
+        }
+        changed
+    }
+
+    /// The slot once it is not reconnecting, or as it is after `wait`
+    async fn settled(&self, wait: Duration) -> Slot<P> {
+        let ready = || {
+            let slot = self.lock();
+            (!matches!(*slot, Slot::Reconnecting { .. })).then(|| slot.clone())
+        };
+        let settle = async {
+            loop {
+                // Listen before checking, so a change between the check and the wait is not
+                // lost.
+                let listener = self.changed.listen();
+                if let Some(slot) = ready() {
+                    return slot;
+                }
+                listener.await;
+            }
+        };
+        match timeout::<RuntimeOf<P>, _>(wait, settle).await {
+            Some(slot) => slot,
+            None => self.lock().clone(),
+        }
+    }
+}
+
+struct Inner<P: ProviderHandle> {
     client: redis::Client,
-    provider: WeakProvider,
+    /// Not the provider itself: the manager does not keep the driver alive
+    provider: P::Link,
     config: ManagerConfig,
-    slot: watch::Sender<Slot>,
+    slot: SlotCell<P>,
 }
 
 /// A connection that reconnects whenever it is lost, with the latest usable token
 ///
 /// Commands go to one [`EntraConnection`] (re-authenticated in place with every token).
-/// When a command finds it closed, the manager reconnects in the background: with the
-/// latest token if it is still valid, otherwise with the next one as soon as it arrives,
-/// retrying every failure (`WRONGPASS` included) with backoff (50 ms doubling to 2 s) and at
-/// once when a newer token arrives. Commands issued meanwhile wait for the new connection
-/// (up to [`ManagerConfig::command_wait`]); the command that met the closed connection gets
-/// its error, as with redis-rs's `ConnectionManager`. Clones share the connection.
+/// When a command finds it closed, the manager reconnects in the background (a task on the
+/// runtime): with the latest token if it is still valid, otherwise with the
+/// next one as soon as it arrives, retrying every failure (`WRONGPASS` included) with backoff
+/// (50 ms doubling to 2 s) and at once when a newer token arrives. Commands issued meanwhile
+/// wait for the new connection (up to [`ManagerConfig::command_wait`]); the command that met
+/// the closed connection gets its error, as with redis-rs's `ConnectionManager`. Clones share
+/// the connection.
 ///
 /// Pub/sub subscriptions are not restored after a reconnection; for RESP3 pub/sub use an
 /// [`EntraConnection`] with a push sender, which keeps its subscriptions across rotations.
-#[derive(Clone, Debug)]
-pub struct EntraConnectionManager {
-    inner: Arc<Inner>,
+pub struct EntraConnectionManager<P: ProviderHandle> {
+    inner: Arc<Inner<P>>,
 }
 
-impl EntraConnectionManager {
-    pub(crate) async fn new(client: EntraClient, config: ManagerConfig) -> RedisResult<Self> {
+impl<P: ProviderHandle> Clone for EntraConnectionManager<P> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<P: ProviderHandle> std::fmt::Debug for EntraConnectionManager<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EntraConnectionManager")
+            .field("reconnections", &self.reconnections())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: ProviderHandle> EntraConnectionManager<P> {
+    pub(crate) async fn new(client: &EntraClient<P>, config: ManagerConfig) -> RedisResult<Self> {
         let provider = client.provider().downgrade();
         let client = client.client().clone();
         let con = connect_once(&client, &provider, &config, None).await?;
-        let (slot, _) = watch::channel(Slot::Connected { con, epoch: 0 });
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
                 provider,
                 config,
-                slot,
+                slot: SlotCell {
+                    slot: Mutex::new(Slot::Connected { con, epoch: 0 }),
+                    changed: Notify::new(),
+                },
             }),
         })
     }
 
     /// How many times the manager has reconnected
     pub fn reconnections(&self) -> u64 {
-        match &*self.inner.slot.borrow() {
+        match &*self.inner.slot.lock() {
             Slot::Connected { epoch, .. } | Slot::Reconnecting { epoch, .. } => *epoch,
             Slot::Stopped => 0,
         }
     }
 
-    async fn connection(&self) -> RedisResult<(EntraConnection, u64)> {
-        let mut slot = self.inner.slot.subscribe();
-        let ready = |s: &Slot| !matches!(s, Slot::Reconnecting { .. });
-        let _ = tokio::time::timeout(self.inner.config.command_wait, async {
-            let _ = slot.wait_for(ready).await;
-        })
-        .await;
-        let current = slot.borrow().clone();
+    async fn connection(&self) -> RedisResult<(EntraConnection<P>, u64)> {
+        let current = self
+            .inner
+            .slot
+            .settled(self.inner.config.command_wait)
+            .await;
         match current {
             Slot::Connected { con, epoch } => Ok((con, epoch)),
             Slot::Stopped => Err(RedisError::from((
@@ -167,7 +248,7 @@ impl EntraConnectionManager {
         if !lost {
             return;
         }
-        let started = self.inner.slot.send_if_modified(|s| match s {
+        let started = self.inner.slot.modify_if(|s| match s {
             Slot::Connected { epoch: e, .. } if *e == epoch => {
                 *s = Slot::Reconnecting {
                     epoch,
@@ -179,19 +260,19 @@ impl EntraConnectionManager {
         });
         if started {
             tracing::info!("Redis connection lost ({error}); reconnecting");
-            tokio::spawn(reconnect(Arc::downgrade(&self.inner), epoch));
+            RuntimeOf::<P>::spawn_detached(reconnect(Arc::downgrade(&self.inner), epoch));
         }
     }
 }
 
 /// One connection attempt with the latest usable credentials (newer than `refused`, when
 /// set), waiting at most the connect timeout for them
-async fn connect_once(
+async fn connect_once<P: ProviderHandle>(
     client: &redis::Client,
-    provider: &WeakProvider,
+    provider: &P::Link,
     config: &ManagerConfig,
     refused: Option<Generation>,
-) -> RedisResult<EntraConnection> {
+) -> RedisResult<EntraConnection<P>> {
     let attempt = async {
         let (generation, credentials, expires_at) =
             usable_credentials(provider, refused, config.connect_timeout).await?;
@@ -205,9 +286,9 @@ async fn connect_once(
         )
         .await
     };
-    match tokio::time::timeout(config.connect_timeout, attempt).await {
-        Ok(result) => result,
-        Err(_) => Err(RedisError::from((
+    match timeout::<RuntimeOf<P>, _>(config.connect_timeout, attempt).await {
+        Some(result) => result,
+        None => Err(RedisError::from((
             ErrorKind::Io,
             "connecting to Redis timed out",
             format!("after {:?}", config.connect_timeout),
@@ -226,7 +307,7 @@ fn retry_policy() -> RetryPolicy {
 }
 
 /// Reconnects until it succeeds, the manager is dropped, or the provider stops
-async fn reconnect(inner: Weak<Inner>, epoch: u64) {
+async fn reconnect<P: ProviderHandle>(inner: Weak<Inner<P>>, epoch: u64) {
     let mut backoff = Backoff::new(u64::from(std::process::id()) ^ epoch.rotate_left(17));
     let policy = retry_policy();
     let mut failures = 0u32;
@@ -239,13 +320,13 @@ async fn reconnect(inner: Weak<Inner>, epoch: u64) {
             this.config.clone(),
         );
         drop(this);
-        if provider.state.borrow().is_stopped() {
+        if provider.observe(Observed::is_stopped) {
             if let Some(this) = inner.upgrade() {
-                this.slot.send_replace(Slot::Stopped);
+                this.slot.replace(Slot::Stopped);
             }
             return;
         }
-        let result = connect_once(&client, &provider, &config, None).await;
+        let result = connect_once::<P>(&client, &provider, &config, None).await;
         let Some(this) = inner.upgrade() else { return };
         match result {
             Ok(con) => {
@@ -253,7 +334,7 @@ async fn reconnect(inner: Weak<Inner>, epoch: u64) {
                     generation = con.connected_generation().0,
                     "Redis connection re-established"
                 );
-                this.slot.send_replace(Slot::Connected {
+                this.slot.replace(Slot::Connected {
                     con,
                     epoch: epoch + 1,
                 });
@@ -262,25 +343,27 @@ async fn reconnect(inner: Weak<Inner>, epoch: u64) {
             Err(error) => {
                 failures = failures.saturating_add(1);
                 tracing::warn!(failures, "reconnecting to Redis failed: {error}");
-                this.slot.send_replace(Slot::Reconnecting {
+                this.slot.replace(Slot::Reconnecting {
                     epoch,
                     last_error: Some(error.to_string()),
                 });
                 drop(this);
-                let tried = provider.state.borrow().latest().map(|(g, _)| *g);
+                let tried = provider.observe(|s| s.latest().map(|(g, _)| *g));
                 let delay = backoff.delay(&policy, failures);
-                let mut state = provider.state.clone();
                 // A newer token is worth trying at once; otherwise wait out the backoff.
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    _ = state.wait_for(|s| s.is_stopped() || s.latest().map(|(g, _)| *g) > tried) => {}
-                }
+                let _ = timeout::<RuntimeOf<P>, _>(
+                    delay,
+                    provider.wait_until(|s| {
+                        (s.is_stopped() || s.latest().map(|(g, _)| *g) > tried).then_some(())
+                    }),
+                )
+                .await;
             }
         }
     }
 }
 
-impl ConnectionLike for EntraConnectionManager {
+impl<P: ProviderHandle> ConnectionLike for EntraConnectionManager<P> {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
             let (mut con, epoch) = self.connection().await?;

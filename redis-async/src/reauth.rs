@@ -7,18 +7,18 @@
 
 use std::time::{Duration, Instant};
 
-use async_io::Timer;
-use futures_lite::future;
+use async_lock::Semaphore;
 use redis::aio::MultiplexedConnection;
 use redis::RedisError;
 use redis_entraid_core::backoff::Backoff;
+use redis_entraid_core::command::Command;
 use redis_entraid_core::config::RetryPolicy;
 use redis_entraid_core::error::{ReauthError, ReauthErrorKind};
 use redis_entraid_core::event::Generation;
+use redis_entraid_core::observed::Observed;
 use redis_entraid_core::token::Credentials;
 
-use crate::provider::{Command, WeakProvider};
-use redis_entraid_core::observed::Observed as State;
+use crate::runtime::{timeout, ProviderLink, Runtime};
 
 /// An `AUTH` not answered within this is sent again. It queues behind the commands already
 /// pipelined on the connection, so this bounds a stuck or very busy connection, not a slow
@@ -26,6 +26,20 @@ use redis_entraid_core::observed::Observed as State;
 /// with at least the lower bound left) many retries before expiry; a timed-out `AUTH` that
 /// completes later is harmless (the server keeps the newest `AUTH`'s token).
 const AUTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Re-`AUTH`s in flight at once, over the whole process (every runtime, every provider)
+///
+/// A rotation wakes every connection's task at the same moment; unbounded, a thousand
+/// `AUTH`s enter the runtime's run queue and the server's at once, and every other command
+/// waits behind all of them (measured with `bench/peers`: PING p99 more than doubled for the
+/// second after a rotation). The fan-out is bound by `AUTH` throughput either way, so a
+/// bounded burst finishes about as soon while other traffic waits behind at most this many.
+pub const MAX_REAUTHS_IN_FLIGHT: usize = 32;
+
+/// The permits behind [`MAX_REAUTHS_IN_FLIGHT`]. Waiters are woken in the order they came;
+/// the `AUTH` timeout starts once a permit is held, so waiting for one is never mistaken for
+/// an unanswered `AUTH`.
+static REAUTH_PERMITS: Semaphore = Semaphore::new(MAX_REAUTHS_IN_FLIGHT);
 
 /// Delays between `AUTH` retries: quick at first (a refused `AUTH` is usually a blip: a
 /// failover, a token the server has not yet seen), then at most a second apart so a
@@ -44,7 +58,7 @@ fn retry_policy() -> RetryPolicy {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Held {
     pub(crate) generation: Generation,
-    /// When that token expires, if known
+    /// When that token expires (the runtime's clock), if known
     pub(crate) expires_at: Option<Instant>,
 }
 
@@ -56,7 +70,7 @@ struct Offer {
     expires_at: Option<Instant>,
 }
 
-fn offer_newer(state: &State, seen: Generation) -> Option<Offer> {
+fn offer_newer(state: &Observed, seen: Generation) -> Option<Offer> {
     let (generation, credentials) = state.latest()?;
     (*generation > seen).then(|| Offer {
         generation: *generation,
@@ -67,7 +81,7 @@ fn offer_newer(state: &State, seen: Generation) -> Option<Offer> {
 }
 
 /// What the task waits for: a newer generation, or the provider's end (`None`)
-fn next(state: &State, seen: Generation) -> Option<Option<Offer>> {
+fn next(state: &Observed, seen: Generation) -> Option<Option<Offer>> {
     if state.is_stopped() {
         return Some(None);
     }
@@ -80,7 +94,7 @@ pub(crate) fn is_gone(error: &RedisError) -> bool {
 }
 
 /// What a failed `AUTH` means to the provider
-pub(crate) fn reauth_error(error: &RedisError) -> ReauthError {
+fn reauth_error(error: &RedisError) -> ReauthError {
     match error.code() {
         Some("WRONGPASS") => {
             ReauthError::new(ReauthErrorKind::WrongPass, "Redis answered WRONGPASS")
@@ -108,19 +122,8 @@ async fn auth(
         .await
 }
 
-/// `fut`'s output, or `None` once `timeout` has passed
-pub(crate) async fn timeout<T>(
-    timeout: Duration,
-    fut: impl std::future::Future<Output = T>,
-) -> Option<T> {
-    future::or(async { Some(fut.await) }, async {
-        Timer::after(timeout).await;
-        None
-    })
-    .await
-}
-
-fn seed() -> u64 {
+/// A jitter seed of its own for each connection
+pub(crate) fn seed() -> u64 {
     let mut bytes = [0u8; 8];
     // Without OS randomness every connection would retry in step; the address of a local
     // is a poor but harmless fallback.
@@ -132,28 +135,30 @@ fn seed() -> u64 {
 
 /// Re-authenticates `con` with every generation newer than `held`, until the connection is
 /// gone or the provider has stopped. Runs as a task owned by the connection's handles.
-pub(crate) async fn run(mut con: MultiplexedConnection, provider: WeakProvider, mut held: Held) {
+pub(crate) async fn run<L: ProviderLink>(
+    mut con: MultiplexedConnection,
+    provider: L,
+    mut held: Held,
+) {
     let policy = retry_policy();
     let mut backoff = Backoff::new(seed());
     loop {
         let seen = held.generation;
-        let found = provider
-            .shared
-            .wait_until(None, |s| next(s, seen))
-            .await
-            .flatten();
-        let Some(mut offer) = found else {
+        let Some(mut offer) = provider.wait_until(|s| next(s, seen)).await.flatten() else {
             return; // the provider has stopped
         };
         let mut failures = 0u32;
         loop {
-            let outcome = timeout(AUTH_TIMEOUT, auth(&mut con, &offer.credentials)).await;
+            let outcome = {
+                let _permit = REAUTH_PERMITS.acquire().await;
+                timeout::<L::Runtime, _>(AUTH_TIMEOUT, auth(&mut con, &offer.credentials)).await
+            };
             let error = match outcome {
                 Some(Ok(())) => {
-                    let at = Instant::now();
+                    let at = L::Runtime::now();
                     let latency = offer.received.map(|r| at.saturating_duration_since(r));
                     let margin = held.expires_at.map(|e| e.saturating_duration_since(at));
-                    provider.fan_out.record_ok(
+                    provider.fan_out().record_ok(
                         offer.generation,
                         latency.unwrap_or_default(),
                         margin,
@@ -179,7 +184,7 @@ pub(crate) async fn run(mut con: MultiplexedConnection, provider: WeakProvider, 
                 ),
             };
             failures = failures.saturating_add(1);
-            provider.fan_out.record_failure(offer.generation);
+            provider.fan_out().record_failure(offer.generation);
             if provider.first_report_for(offer.generation) {
                 // One report per generation for all connections: when a thousand refuse at
                 // once, one fresh token is what helps, and the event stream stays readable.
@@ -195,15 +200,12 @@ pub(crate) async fn run(mut con: MultiplexedConnection, provider: WeakProvider, 
             let delay = backoff.delay(&policy, failures);
             let generation = offer.generation;
             // Retry after the delay, or at once with a newer generation.
-            let woke = timeout(
-                delay,
-                provider.shared.wait_until(None, |s| next(s, generation)),
-            )
-            .await
-            .flatten();
+            let woke =
+                timeout::<L::Runtime, _>(delay, provider.wait_until(|s| next(s, generation))).await;
             match woke {
-                Some(Some(newer)) => offer = newer,
-                Some(None) => return, // the provider has stopped
+                Some(Some(Some(newer))) => offer = newer,
+                // The provider has stopped, or is gone.
+                Some(Some(None) | None) => return,
                 None => {}
             }
         }

@@ -3,55 +3,45 @@
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{
     AsyncConnectionConfig, Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, Value,
 };
 use redis_entraid_core::event::Generation;
+use redis_entraid_core::observed::Observed;
 use redis_entraid_core::token::Credentials;
-use tokio::task::JoinHandle;
 
-use super::reauth::{self, Held};
-use crate::provider::{now, Provider, WeakProvider};
+use crate::manager::{EntraConnectionManager, ManagerConfig};
+use crate::reauth::{self, Held};
+use crate::runtime::{timeout, ProviderHandle, ProviderLink, Runtime, RuntimeOf};
 
 /// How long a connect waits for usable credentials (the first token, or a fresh one when the
 /// latest has expired) before it fails
 const CREDENTIALS_WAIT: Duration = Duration::from_secs(30);
 
-/// A redis-rs [`Client`](redis::Client) paired with a [`Provider`]: every connection it opens
+/// A redis-rs [`Client`](redis::Client) paired with a provider: every connection it opens
 /// authenticates with the provider's latest credentials and re-authenticates in place with
 /// each newer token
 ///
 /// The re-authentication is ours, not redis-rs's: a refused, failed or unanswered `AUTH` is
 /// retried (50 ms doubling to 1 s, jittered) until it succeeds, a newer token supersedes it or
 /// the connection is gone. Each rotation's fan-out (token arrival to every connection's
-/// `AUTH` OK) is in [`Provider::fan_out_reports`].
+/// `AUTH` OK) is in the provider's `fan_out_reports()`.
 ///
-/// ```no_run
-/// use redis::AsyncCommands;
-/// use redis_entraid_tokio::redis_async::EntraClient;
-/// use redis_entraid_tokio::Provider;
-/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-/// let provider = Provider::from_env().await?;
-/// let client = EntraClient::new(redis::Client::open("rediss://my-cache.redis.azure.net:10000")?, provider);
-/// let mut con = client.get_multiplexed_connection().await?;
-/// let () = con.set("k", "v").await?;
-/// let mut manager = client.get_connection_manager().await?;
-/// let _: Option<String> = manager.get("k").await?;
-/// # Ok(()) }
-/// ```
+/// The runtimes name it for their provider: `redis_entraid_tokio::redis_async::EntraClient`,
+/// `redis_entraid_async_std::redis::EntraClient`.
 #[derive(Clone, Debug)]
-pub struct EntraClient {
+pub struct EntraClient<P> {
     client: redis::Client,
-    provider: Provider,
+    provider: P,
 }
 
-impl EntraClient {
+impl<P: ProviderHandle> EntraClient<P> {
     /// Pairs `client` with `provider`. The client's URL must not carry a password: the
     /// provider's credentials replace any.
-    pub fn new(client: redis::Client, provider: Provider) -> Self {
+    pub fn new(client: redis::Client, provider: P) -> Self {
         Self { client, provider }
     }
 
@@ -61,7 +51,7 @@ impl EntraClient {
     }
 
     /// The provider
-    pub fn provider(&self) -> &Provider {
+    pub fn provider(&self) -> &P {
         &self.provider
     }
 
@@ -69,7 +59,7 @@ impl EntraClient {
     ///
     /// # Errors
     /// As [`get_multiplexed_connection_with_config`](Self::get_multiplexed_connection_with_config).
-    pub async fn get_multiplexed_connection(&self) -> RedisResult<EntraConnection> {
+    pub async fn get_multiplexed_connection(&self) -> RedisResult<EntraConnection<P>> {
         self.get_multiplexed_connection_with_config(&AsyncConnectionConfig::new())
             .await
     }
@@ -85,14 +75,14 @@ impl EntraClient {
     pub async fn get_multiplexed_connection_with_config(
         &self,
         config: &AsyncConnectionConfig,
-    ) -> RedisResult<EntraConnection> {
-        let weak = self.provider.downgrade();
+    ) -> RedisResult<EntraConnection<P>> {
+        let link = self.provider.downgrade();
         let (generation, credentials, expires_at) =
-            usable_credentials(&weak, None, CREDENTIALS_WAIT).await?;
+            usable_credentials(&link, None, CREDENTIALS_WAIT).await?;
         EntraConnection::open(
             &self.client,
             config,
-            weak,
+            link,
             generation,
             &credentials,
             expires_at,
@@ -106,8 +96,8 @@ impl EntraClient {
     /// # Errors
     /// As [`get_multiplexed_connection`](Self::get_multiplexed_connection), for the first
     /// connection.
-    pub async fn get_connection_manager(&self) -> RedisResult<super::EntraConnectionManager> {
-        super::EntraConnectionManager::new(self.clone(), super::ManagerConfig::default()).await
+    pub async fn get_connection_manager(&self) -> RedisResult<EntraConnectionManager<P>> {
+        EntraConnectionManager::new(self, ManagerConfig::default()).await
     }
 
     /// A connection manager with `config`
@@ -116,40 +106,36 @@ impl EntraClient {
     /// As [`get_connection_manager`](Self::get_connection_manager).
     pub async fn get_connection_manager_with_config(
         &self,
-        config: super::ManagerConfig,
-    ) -> RedisResult<super::EntraConnectionManager> {
-        super::EntraConnectionManager::new(self.clone(), config).await
+        config: ManagerConfig,
+    ) -> RedisResult<EntraConnectionManager<P>> {
+        EntraConnectionManager::new(self, config).await
     }
 }
 
 /// Credentials worth connecting with: the latest, unless they are known to have expired, in
 /// which case the next generation (waiting up to `wait`). `newer_than` skips generations the
 /// caller already saw refused.
-pub(crate) async fn usable_credentials(
-    provider: &WeakProvider,
+pub(crate) async fn usable_credentials<L: ProviderLink>(
+    provider: &L,
     newer_than: Option<Generation>,
     wait: Duration,
-) -> RedisResult<(Generation, Credentials, Option<std::time::Instant>)> {
-    let mut state = provider.state.clone();
-    let usable = |s: &crate::provider::Snapshot| match s.latest() {
-        Some((g, _)) if newer_than.is_some_and(|seen| *g <= seen) => false,
-        Some(_) => s.expires_at().is_none_or(|e| e > now()),
-        None => false,
+) -> RedisResult<(Generation, Credentials, Option<Instant>)> {
+    let usable = |s: &Observed| {
+        if let Some((g, c)) = s.latest() {
+            let unseen = newer_than.is_none_or(|seen| *g > seen);
+            if unseen && s.expires_at().is_none_or(|e| e > L::Runtime::now()) {
+                return Some(Some((*g, c.clone(), s.expires_at())));
+            }
+        }
+        s.is_stopped().then_some(None)
     };
-    let found = tokio::time::timeout(wait, state.wait_for(|s| s.is_stopped() || usable(s))).await;
-    let stopped = || {
-        RedisError::from((
+    match timeout::<L::Runtime, _>(wait, provider.wait_until(usable)).await {
+        Some(Some(Some(found))) => Ok(found),
+        Some(Some(None) | None) => Err(RedisError::from((
             ErrorKind::AuthenticationFailed,
             "the redis-entraid provider has stopped",
-        ))
-    };
-    match found {
-        Ok(Ok(s)) if usable(&s) => match s.latest() {
-            Some((g, c)) => Ok((*g, c.clone(), s.expires_at())),
-            None => Err(stopped()),
-        },
-        Ok(_) => Err(stopped()),
-        Err(_) => Err(RedisError::from((
+        ))),
+        None => Err(RedisError::from((
             ErrorKind::AuthenticationFailed,
             "no usable Entra ID token",
             format!("none arrived within {wait:?}; see the provider's last_error() and events()"),
@@ -160,12 +146,15 @@ pub(crate) async fn usable_credentials(
 /// `client` with `credentials` in its connection settings, so redis-rs authenticates during
 /// its own handshake: with RESP3 it sends `HELLO 3 AUTH user token`, so the protocol switch
 /// never precedes authentication
-pub(crate) fn with_credentials(
+///
+/// # Errors
+/// When redis-rs refuses the connection settings (it re-validates them).
+pub fn client_with_credentials(
     client: &redis::Client,
     credentials: &Credentials,
 ) -> RedisResult<redis::Client> {
     // A copy forced by redis-rs: its connection settings hold the password as a plain
-    // `String`, kept as long as the client (reconnections reuse it) and never wiped.
+    // `String` for the connection's life and never wipe it.
     let info = client.get_connection_info().clone();
     let settings = info
         .redis_settings()
@@ -175,51 +164,60 @@ pub(crate) fn with_credentials(
     redis::Client::open(info.set_redis_settings(settings))
 }
 
-/// Aborts the re-authentication task when the last handle of its connection is dropped
-#[derive(Debug)]
-struct TaskGuard(JoinHandle<()>);
-
-impl Drop for TaskGuard {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// A redis-rs [`MultiplexedConnection`] that re-authenticates in place with every newer token
 ///
 /// Use it as the multiplexed connection itself: it implements
 /// [`ConnectionLike`](redis::aio::ConnectionLike) (so every `AsyncCommands` method works)
 /// and dereferences to the [`MultiplexedConnection`] for the rest (RESP3 `subscribe`...).
-/// Clones share the connection and its re-authentication; the re-authentication task ends
-/// with the last clone, or when the connection is closed.
-#[derive(Clone, Debug)]
-pub struct EntraConnection {
+/// Clones share the connection and its re-authentication; the re-authentication task is
+/// cancelled with the last clone, and ends by itself when the connection is closed or the
+/// provider stops.
+pub struct EntraConnection<P: ProviderHandle> {
     con: MultiplexedConnection,
     generation: Generation,
-    _reauth: Arc<TaskGuard>,
+    /// Dropping the last clone cancels the re-authentication task.
+    _reauth: Arc<<RuntimeOf<P> as Runtime>::Task>,
 }
 
-impl EntraConnection {
+impl<P: ProviderHandle> Clone for EntraConnection<P> {
+    fn clone(&self) -> Self {
+        Self {
+            con: self.con.clone(),
+            generation: self.generation,
+            _reauth: Arc::clone(&self._reauth),
+        }
+    }
+}
+
+impl<P: ProviderHandle> std::fmt::Debug for EntraConnection<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EntraConnection")
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: ProviderHandle> EntraConnection<P> {
     pub(crate) async fn open(
         client: &redis::Client,
         config: &AsyncConnectionConfig,
-        provider: WeakProvider,
+        provider: P::Link,
         generation: Generation,
         credentials: &Credentials,
-        expires_at: Option<std::time::Instant>,
+        expires_at: Option<Instant>,
     ) -> RedisResult<Self> {
-        let con = with_credentials(client, credentials)?
+        let con = client_with_credentials(client, credentials)?
             .get_multiplexed_async_connection_with_config(config)
             .await?;
         let held = Held {
             generation,
             expires_at,
         };
-        let task = tokio::spawn(reauth::run(con.clone(), provider, held));
+        let task = RuntimeOf::<P>::spawn(reauth::run(con.clone(), provider, held));
         Ok(Self {
             con,
             generation,
-            _reauth: Arc::new(TaskGuard(task)),
+            _reauth: Arc::new(task),
         })
     }
 
@@ -229,7 +227,7 @@ impl EntraConnection {
     }
 }
 
-impl Deref for EntraConnection {
+impl<P: ProviderHandle> Deref for EntraConnection<P> {
     type Target = MultiplexedConnection;
 
     fn deref(&self) -> &MultiplexedConnection {
@@ -237,13 +235,13 @@ impl Deref for EntraConnection {
     }
 }
 
-impl DerefMut for EntraConnection {
+impl<P: ProviderHandle> DerefMut for EntraConnection<P> {
     fn deref_mut(&mut self) -> &mut MultiplexedConnection {
         &mut self.con
     }
 }
 
-impl ConnectionLike for EntraConnection {
+impl<P: ProviderHandle> ConnectionLike for EntraConnection<P> {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         self.con.req_packed_command(cmd)
     }
