@@ -132,11 +132,11 @@ async fn main() -> redis::RedisResult<()> {
 app ours-tokio base-tokio "redis = { version = \"1\", features = [$REDIS_TOKIO] }
 $TOKIO
 $RUSTLS
-redis-entraid-tokio = { path = \"$ROOT/runtime-tokio\", features = [\"redis\"] }" 'use redis_entraid_tokio::{redis_async::EntraClient, Provider, Startup};
+redis-entraid-tokio = { path = \"$ROOT/runtime-tokio\", features = [\"redis\"] }" 'use redis_entraid_tokio::{redis_async::EntraClient, Provider};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let provider = Provider::from_env(Startup::default()).await?;
+    let provider = Provider::from_env().await?;
     let client = EntraClient::new(
         redis::Client::open("rediss://my-cache.redis.azure.net:10000")?,
         provider,

@@ -123,6 +123,7 @@ pub mod config;
 pub mod error;
 pub mod event;
 pub mod fan_out;
+pub mod handle;
 pub mod identity;
 pub mod jwt;
 pub mod machine;

@@ -3,15 +3,15 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_broadcast::{InactiveReceiver, Receiver as EventReceiver};
 use async_channel::Sender;
 pub(crate) use redis_entraid_core::command::Command;
 use redis_entraid_core::command::Signals;
 use redis_entraid_core::config::Config;
-use redis_entraid_core::error::{FetchError, ReauthError};
-use redis_entraid_core::event::{Event, Generation, Status};
+use redis_entraid_core::event::{Event, Generation};
+use redis_entraid_core::observed::Observed;
 use redis_entraid_core::startup::{Startup, StartupError};
 use redis_entraid_core::token::Credentials;
 
@@ -36,6 +36,24 @@ impl Drop for Inner {
     fn drop(&mut self) {
         // Never blocks; a flag, so even a full queue cannot lose it.
         deliver(&self.signals, &self.commands, Command::Shutdown);
+    }
+}
+
+impl redis_entraid_core::handle::ProviderParts for Inner {
+    fn observe<T>(&self, read: impl FnOnce(&Observed) -> T) -> T {
+        read(&self.shared.lock())
+    }
+
+    fn deliver(&self, command: Command) {
+        deliver(&self.signals, &self.commands, command);
+    }
+
+    fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn now(&self) -> Instant {
+        Instant::now()
     }
 }
 
@@ -85,25 +103,10 @@ impl Provider {
         outcome
     }
 
-    /// The latest credentials, if a token has arrived (check [`status`](Self::status) for
-    /// whether they expired)
-    pub fn credentials(&self) -> Option<Credentials> {
-        self.inner.shared.lock().latest().map(|(_, c)| c.clone())
-    }
+    redis_entraid_core::provider_handle_methods!(inner);
 
-    /// The latest credentials and their generation
-    pub fn current(&self) -> Option<(Generation, Credentials)> {
-        self.inner.shared.lock().latest().cloned()
-    }
-
-    /// How long ago the latest credentials arrived
-    pub fn credentials_age(&self) -> Option<Duration> {
-        let received = self.inner.shared.lock().received()?;
-        Some(received.elapsed())
-    }
-
-    /// Waits up to `timeout` (`None`: until shutdown) for credentials newer than `generation`
-    /// (any, for `None`); after shutdown, returns what there is at once
+    /// Waits up to `timeout` for credentials newer than `generation` (any, for `None`);
+    /// `None` when none arrive in time or the provider has stopped
     pub async fn wait_newer(
         &self,
         generation: Option<Generation>,
@@ -132,48 +135,6 @@ impl Provider {
     /// Events lost because a subscriber's queue was full (each queue drops its oldest)
     pub fn dropped_events(&self) -> u64 {
         self.inner.shared.dropped_events.load(Ordering::Relaxed)
-    }
-
-    /// Where the machine stands
-    pub fn status(&self) -> Status {
-        self.inner.shared.lock().status()
-    }
-
-    /// The last fetch error since the last success, if any
-    pub fn last_error(&self) -> Option<FetchError> {
-        self.inner.shared.lock().last_error().cloned()
-    }
-
-    /// The configuration
-    pub fn config(&self) -> &Config {
-        &self.inner.config
-    }
-
-    /// Fetches a new token as soon as the minimum refresh interval allows
-    ///
-    /// Never waits, and requests coalesce: any number of calls before the driver gets to them
-    /// count as one (the machine would coalesce them anyway).
-    pub fn refresh_now(&self) {
-        deliver(
-            &self.inner.signals,
-            &self.inner.commands,
-            Command::RefreshNow,
-        );
-    }
-
-    /// Reports how a connection took the credentials of `generation`; a rejection of the
-    /// token (`WRONGPASS`, `NOAUTH`) makes the driver fetch a fresh one
-    ///
-    /// Never waits. Reports queue up to 64 deep; beyond that (many connections failing at
-    /// once, faster than the driver reads) a report is dropped, with its
-    /// [`Event::ReauthFailed`], but a dropped rejection still makes the driver fetch a fresh
-    /// token. Only failures for the current generation change anything.
-    pub fn report_reauth(&self, generation: Generation, result: Result<(), ReauthError>) {
-        deliver(
-            &self.inner.signals,
-            &self.inner.commands,
-            Command::Reauth { generation, result },
-        );
     }
 
     /// A handle that does not keep the driver alive (used by connection integrations)

@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 pub(crate) use redis_entraid_core::command::Command;
 use redis_entraid_core::command::Signals;
 use redis_entraid_core::config::Config;
-use redis_entraid_core::error::{FetchError, ReauthError};
-use redis_entraid_core::event::{Event, Generation, Status};
+use redis_entraid_core::event::{Event, Generation};
 use redis_entraid_core::observed::Observed;
 use redis_entraid_core::token::Credentials;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -49,6 +48,24 @@ impl Drop for Inner {
     }
 }
 
+impl redis_entraid_core::handle::ProviderParts for Inner {
+    fn observe<T>(&self, read: impl FnOnce(&Observed) -> T) -> T {
+        read(&self.state.borrow())
+    }
+
+    fn deliver(&self, command: Command) {
+        deliver(&self.signals, &self.commands, command);
+    }
+
+    fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn now(&self) -> Instant {
+        crate::provider::now()
+    }
+}
+
 /// A running token provider: a cheap, cloneable handle to one driver task
 ///
 /// Dropping the last clone shuts the driver down: the task ends at its next poll, its timer
@@ -83,22 +100,7 @@ impl Provider {
         Provider::builder().build_from_env().await
     }
 
-    /// The latest credentials, if a token has arrived (check [`status`](Self::status) for
-    /// whether they expired)
-    pub fn credentials(&self) -> Option<Credentials> {
-        self.inner.state.borrow().latest().map(|(_, c)| c.clone())
-    }
-
-    /// How long ago the latest credentials arrived
-    pub fn credentials_age(&self) -> Option<Duration> {
-        let received = self.inner.state.borrow().received()?;
-        Some(now().saturating_duration_since(received))
-    }
-
-    /// The latest credentials and their generation
-    pub fn current(&self) -> Option<(Generation, Credentials)> {
-        self.inner.state.borrow().latest().cloned()
-    }
+    redis_entraid_core::provider_handle_methods!(inner);
 
     /// Waits up to `timeout` for credentials newer than `generation` (any, for `None`);
     /// `None` when none arrive in time or the provider has stopped
@@ -137,49 +139,6 @@ impl Provider {
     /// Events lost because a subscriber's queue was full (each queue drops its oldest)
     pub fn dropped_events(&self) -> u64 {
         self.inner.dropped_events.load(Ordering::Relaxed)
-    }
-
-    /// Where the machine stands
-    pub fn status(&self) -> Status {
-        self.inner.state.borrow().status()
-    }
-
-    /// The last fetch error since the last success, if any
-    pub fn last_error(&self) -> Option<FetchError> {
-        self.inner.state.borrow().last_error().cloned()
-    }
-
-    /// The configuration
-    pub fn config(&self) -> &Config {
-        &self.inner.config
-    }
-
-    /// Fetches a new token as soon as the minimum refresh interval allows
-    ///
-    /// Never waits, and requests coalesce: any number of calls before the driver gets to them
-    /// count as one (the machine would coalesce them anyway).
-    pub fn refresh_now(&self) {
-        deliver(
-            &self.inner.signals,
-            &self.inner.commands,
-            Command::RefreshNow,
-        );
-    }
-
-    /// Reports how a connection took the credentials of `generation`; a rejection of the
-    /// token (`WRONGPASS`, `NOAUTH`) makes the driver fetch a fresh one. Every failure is
-    /// published as [`Event::ReauthFailed`].
-    ///
-    /// Never waits. Reports queue up to 64 deep; beyond that (thousands of connections failing
-    /// at once, faster than the driver reads) a report is dropped, with its
-    /// [`Event::ReauthFailed`], but a dropped rejection still makes the driver fetch a fresh
-    /// token. Only failures for the current generation change anything.
-    pub fn report_reauth(&self, generation: Generation, result: Result<(), ReauthError>) {
-        deliver(
-            &self.inner.signals,
-            &self.inner.commands,
-            Command::Reauth { generation, result },
-        );
     }
 
     /// Stops the driver and waits (up to 5 s) until it has; other clones then see

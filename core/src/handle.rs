@@ -1,0 +1,135 @@
+//! The synchronous half of every runtime's `Provider` handle, written once
+//!
+//! A runtime's handle reads the [`Observed`] state its driver publishes and hands
+//! [`Command`]s to the driver; how it stores the one and delivers the other is the runtime's
+//! (a `watch` channel, a mutex and a condition variable, an event listener...). It says how
+//! through [`ProviderParts`], and [`provider_handle_methods!`](crate::provider_handle_methods)
+//! writes the methods that only read or send (`credentials`, `current`, `credentials_age`,
+//! `status`, `last_error`, `config`, `refresh_now`, `report_reauth`) into its `impl Provider`,
+//! with their documentation, so the three runtimes cannot drift apart on them.
+
+use std::time::Instant;
+
+use crate::command::Command;
+use crate::config::Config;
+use crate::observed::Observed;
+
+/// What a runtime's provider handle is made of, as far as its read-and-send methods care
+pub trait ProviderParts {
+    /// Reads the state the driver published last
+    fn observe<T>(&self, read: impl FnOnce(&Observed) -> T) -> T;
+
+    /// Hands `command` to the driver without waiting (the runtime's full-queue policy: see
+    /// [`Signals`](crate::command::Signals))
+    fn deliver(&self, command: Command);
+
+    /// The provider's configuration
+    fn config(&self) -> &Config;
+
+    /// The clock the driver stamps tokens with
+    fn now(&self) -> Instant;
+}
+
+/// Writes a runtime `Provider`'s read-and-send methods into its `impl` block; `$parts` names
+/// the field (a smart pointer to a [`ProviderParts`]) they go through
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Instant;
+/// use redis_entraid_core::command::Command;
+/// use redis_entraid_core::config::Config;
+/// use redis_entraid_core::handle::ProviderParts;
+/// use redis_entraid_core::observed::Observed;
+///
+/// struct Parts { state: Observed, config: Config }
+///
+/// impl ProviderParts for Parts {
+///     fn observe<T>(&self, read: impl FnOnce(&Observed) -> T) -> T { read(&self.state) }
+///     fn deliver(&self, _command: Command) {}
+///     fn config(&self) -> &Config { &self.config }
+///     fn now(&self) -> Instant { unreachable!("a runtime reads its clock here") }
+/// }
+///
+/// /// A handle
+/// pub struct Provider { inner: Arc<Parts> }
+///
+/// impl Provider {
+///     redis_entraid_core::provider_handle_methods!(inner);
+/// }
+///
+/// let provider = Provider { inner: Arc::new(Parts { state: Observed::default(), config: Config::default() }) };
+/// assert!(provider.credentials().is_none());
+/// ```
+#[macro_export]
+macro_rules! provider_handle_methods {
+    ($parts:ident) => {
+        /// The latest credentials, if a token has arrived (check [`status`](Self::status) for
+        /// whether they expired)
+        pub fn credentials(&self) -> ::std::option::Option<$crate::token::Credentials> {
+            $crate::handle::ProviderParts::observe(&*self.$parts, |o| {
+                o.latest().map(|(_, c)| c.clone())
+            })
+        }
+
+        /// The latest credentials and their generation
+        pub fn current(
+            &self,
+        ) -> ::std::option::Option<($crate::event::Generation, $crate::token::Credentials)> {
+            $crate::handle::ProviderParts::observe(&*self.$parts, |o| o.latest().cloned())
+        }
+
+        /// How long ago the latest credentials arrived
+        pub fn credentials_age(&self) -> ::std::option::Option<::std::time::Duration> {
+            let parts = &*self.$parts;
+            let received = $crate::handle::ProviderParts::observe(parts, |o| o.received())?;
+            ::std::option::Option::Some(
+                $crate::handle::ProviderParts::now(parts).saturating_duration_since(received),
+            )
+        }
+
+        /// Where the machine stands
+        pub fn status(&self) -> $crate::event::Status {
+            $crate::handle::ProviderParts::observe(&*self.$parts, |o| o.status())
+        }
+
+        /// The last fetch error since the last success, if any
+        pub fn last_error(&self) -> ::std::option::Option<$crate::error::FetchError> {
+            $crate::handle::ProviderParts::observe(&*self.$parts, |o| o.last_error().cloned())
+        }
+
+        /// The configuration
+        pub fn config(&self) -> &$crate::config::Config {
+            $crate::handle::ProviderParts::config(&*self.$parts)
+        }
+
+        /// Fetches a new token as soon as the minimum refresh interval allows
+        ///
+        /// Never waits, and requests coalesce: any number of calls before the driver gets to
+        /// them count as one (the machine would coalesce them anyway).
+        pub fn refresh_now(&self) {
+            $crate::handle::ProviderParts::deliver(
+                &*self.$parts,
+                $crate::command::Command::RefreshNow,
+            );
+        }
+
+        /// Reports how a connection took the credentials of `generation`; a rejection of the
+        /// token (`WRONGPASS`, `NOAUTH`) makes the driver fetch a fresh one
+        ///
+        /// Never waits. Reports queue up to 64 deep; beyond that (many connections failing at
+        /// once, faster than the driver reads) a report is dropped, with its
+        /// [`Event::ReauthFailed`]($crate::event::Event::ReauthFailed), but a dropped rejection
+        /// still makes the driver fetch a fresh token. Only failures for the current generation
+        /// change anything.
+        pub fn report_reauth(
+            &self,
+            generation: $crate::event::Generation,
+            result: ::std::result::Result<(), $crate::error::ReauthError>,
+        ) {
+            $crate::handle::ProviderParts::deliver(
+                &*self.$parts,
+                $crate::command::Command::Reauth { generation, result },
+            );
+        }
+    };
+}
