@@ -25,13 +25,46 @@
 //! # deliver(&signals, &Queue, Command::RefreshNow);
 //! # assert!(signals.refresh_requested());
 //! ```
+//!
+//! A driver whose fetches answer on the same queue (a thread or a blocking pool sending a
+//! [`DriverInput::Fetched`] back) uses [`Signals::deliver`] and feeds whatever woke it to
+//! [`TokenManager::wake`].
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
-use crate::error::ReauthError;
-use crate::event::Generation;
+use crate::error::{FetchError, ReauthError};
+use crate::event::{Generation, RequestId};
 use crate::machine::TokenManager;
+use crate::token::TokenResponse;
+
+/// What reaches a driver whose fetches run off its own loop: a handle's command, or a fetch's
+/// answer
+#[derive(Debug)]
+pub enum DriverInput {
+    /// From a handle
+    Command(Command),
+    /// A fetch's answer, for request `id`, received at `wall`
+    Fetched {
+        /// The request it answers (a stale one is ignored by the machine)
+        id: RequestId,
+        /// The token, or why there is none
+        result: Result<TokenResponse, FetchError>,
+        /// The wall clock when the answer came
+        wall: SystemTime,
+    },
+}
+
+/// What woke a driver
+#[derive(Debug)]
+pub enum Wake {
+    /// An input from its queue
+    Input(DriverInput),
+    /// The deadline of its last [`Action::Wait`](crate::event::Action::Wait)
+    Timer,
+    /// Its queue closed: every handle is gone
+    Closed,
+}
 
 /// How many commands may wait for a driver; beyond that, [`Signals`] coalesces or drops
 pub const COMMAND_CAPACITY: usize = 64;
@@ -90,6 +123,21 @@ impl Signals {
         }
     }
 
+    /// Hands `command` to a driver's queue without waiting: `try_send` sends the input and
+    /// gives it back only when the queue is full (a closed queue means the driver is gone:
+    /// nothing to do)
+    pub fn deliver(
+        &self,
+        command: Command,
+        try_send: impl FnOnce(DriverInput) -> Option<DriverInput>,
+    ) {
+        if let Some(command) = self.admit(command) {
+            if let Some(DriverInput::Command(command)) = try_send(DriverInput::Command(command)) {
+                self.overflowed(&command);
+            }
+        }
+    }
+
     /// Hands the flags set since the last call to `machine` (the driver calls this after every
     /// wake-up, before the input that woke it)
     pub fn apply(&self, machine: &mut TokenManager, now: Instant) {
@@ -118,6 +166,20 @@ impl Signals {
 }
 
 impl TokenManager {
+    /// Feeds what woke a driver, after the flags of `signals` (a request whose wake-up did
+    /// not fit in the queue is seen here)
+    pub fn wake(&mut self, signals: &Signals, woke: Wake, now: Instant) {
+        signals.apply(self, now);
+        match woke {
+            Wake::Input(DriverInput::Command(command)) => self.handle_command(command, now),
+            Wake::Input(DriverInput::Fetched { id, result, wall }) => {
+                self.handle_response(id, result, wall, now);
+            }
+            Wake::Timer => self.handle_timeout(now),
+            Wake::Closed => self.shutdown(now),
+        }
+    }
+
     /// Feeds a queued command (its flag, if any, was already read by [`Signals::apply`])
     pub fn handle_command(&mut self, command: Command, now: Instant) {
         match command {

@@ -13,35 +13,23 @@ use async_broadcast::Sender as EventSender;
 use async_channel::{Receiver, Sender, TrySendError};
 use futures_lite::future;
 use redis_entraid_blocking_io::Fetcher;
-use redis_entraid_core::command::{Command, Signals};
-use redis_entraid_core::error::FetchError;
-use redis_entraid_core::event::{Action, Event, RequestId, Severity};
+use redis_entraid_core::command::{Command, DriverInput, Signals, Wake};
+use redis_entraid_core::event::{Action, Event, Severity};
 use redis_entraid_core::machine::TokenManager;
 use redis_entraid_core::metrics::Recorder;
-use redis_entraid_core::token::TokenResponse;
 
 use crate::shared::Shared;
 
 /// What reaches the driver: a handle's command, or a fetch's answer from the blocking pool
-pub(crate) enum Input {
-    Command(Command),
-    Fetched {
-        id: RequestId,
-        result: Result<TokenResponse, FetchError>,
-        wall: SystemTime,
-    },
-}
+pub(crate) type Input = DriverInput;
 
 /// Hands `command` to the driver without ever waiting (the policy when the queue is full is
 /// the core's: see [`Signals`])
 pub(crate) fn deliver(signals: &Signals, inputs: &Sender<Input>, command: Command) {
-    if let Some(command) = signals.admit(command) {
-        if let Err(TrySendError::Full(Input::Command(command))) =
-            inputs.try_send(Input::Command(command))
-        {
-            signals.overflowed(&command);
-        }
-    }
+    signals.deliver(command, |input| match inputs.try_send(input) {
+        Err(TrySendError::Full(input)) => Some(input),
+        _ => None,
+    });
 }
 
 /// The driver: a future that runs the token machine until the provider shuts down
@@ -111,17 +99,12 @@ pub(crate) async fn run(parts: Parts) {
             }
             None => Some(inputs.recv().await),
         };
-        let now = Instant::now();
-        // The flags first: a request whose wake-up did not fit in the queue is seen here.
-        signals.apply(&mut machine, now);
-        match received {
-            Some(Ok(Input::Command(command))) => machine.handle_command(command, now),
-            Some(Ok(Input::Fetched { id, result, wall })) => {
-                machine.handle_response(id, result, wall, now);
-            }
-            Some(Err(_)) => machine.shutdown(now),
-            None => machine.handle_timeout(now),
-        }
+        let woke = match received {
+            Some(Ok(input)) => Wake::Input(input),
+            Some(Err(_)) => Wake::Closed,
+            None => Wake::Timer,
+        };
+        machine.wake(&signals, woke, Instant::now());
     }
 }
 

@@ -7,35 +7,24 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use redis_entraid_blocking_io::Fetcher;
-use redis_entraid_core::command::{Command, Signals};
+use redis_entraid_core::command::{Command, DriverInput, Signals, Wake};
 use redis_entraid_core::error::{FetchError, TransportError};
 use redis_entraid_core::event::{Action, Event, RequestId, Severity};
 use redis_entraid_core::machine::TokenManager;
 use redis_entraid_core::metrics::Recorder;
-use redis_entraid_core::token::TokenResponse;
 
 use crate::watch::Shared;
 
 /// What reaches the driver: a handle's command, or a fetch thread's answer
-pub(crate) enum Input {
-    Command(Command),
-    Fetched {
-        id: RequestId,
-        result: Result<TokenResponse, FetchError>,
-        wall: SystemTime,
-    },
-}
+pub(crate) type Input = DriverInput;
 
 /// Hands `command` to the driver without ever waiting (the policy when the queue is full is
 /// the core's: see [`Signals`])
 pub(crate) fn deliver(signals: &Signals, inputs: &SyncSender<Input>, command: Command) {
-    if let Some(command) = signals.admit(command) {
-        if let Err(TrySendError::Full(Input::Command(command))) =
-            inputs.try_send(Input::Command(command))
-        {
-            signals.overflowed(&command);
-        }
-    }
+    signals.deliver(command, |input| match inputs.try_send(input) {
+        Err(TrySendError::Full(input)) => Some(input),
+        _ => None,
+    });
 }
 
 pub(crate) struct Driver {
@@ -64,17 +53,12 @@ impl Driver {
                     .recv()
                     .map_err(|_| RecvTimeoutError::Disconnected),
             };
-            let now = Instant::now();
-            // The flags first: a request whose wake-up did not fit in the queue is seen here.
-            self.signals.apply(&mut self.machine, now);
-            match received {
-                Ok(Input::Command(command)) => self.machine.handle_command(command, now),
-                Ok(Input::Fetched { id, result, wall }) => {
-                    self.machine.handle_response(id, result, wall, now);
-                }
-                Err(RecvTimeoutError::Disconnected) => self.machine.shutdown(now),
-                Err(RecvTimeoutError::Timeout) => self.machine.handle_timeout(now),
-            }
+            let woke = match received {
+                Ok(input) => Wake::Input(input),
+                Err(RecvTimeoutError::Timeout) => Wake::Timer,
+                Err(RecvTimeoutError::Disconnected) => Wake::Closed,
+            };
+            self.machine.wake(&self.signals, woke, Instant::now());
         }
     }
 
