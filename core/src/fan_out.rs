@@ -6,6 +6,7 @@
 //! summaries to users as `Provider::fan_out_reports()`.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -53,6 +54,8 @@ struct Rotation {
 #[derive(Debug, Default)]
 pub struct FanOutLog {
     rotations: Mutex<VecDeque<Rotation>>,
+    /// The newest generation a connection failure was reported to the driver for
+    reported: AtomicU64,
 }
 
 impl FanOutLog {
@@ -90,6 +93,14 @@ impl FanOutLog {
                 r.min_margin = Some(r.min_margin.map_or(margin, |m| m.min(margin)));
             }
         });
+    }
+
+    /// Whether this is the first failure report for `generation` from any connection (later
+    /// ones, and reports for older generations, are not worth sending): when a thousand
+    /// connections refuse a token at once, one fresh token is what helps, and the event stream
+    /// stays readable
+    pub fn first_report_for(&self, generation: Generation) -> bool {
+        self.reported.fetch_max(generation.0, Ordering::Relaxed) < generation.0
     }
 
     /// A connection's `AUTH` with `generation` failed (and will be retried)

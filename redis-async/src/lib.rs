@@ -27,3 +27,63 @@ pub use manager::{EntraConnectionManager, ManagerConfig};
 pub use reauth::MAX_REAUTHS_IN_FLIGHT;
 pub use runtime::{ProviderHandle, ProviderLink, Runtime};
 pub use stream::{credentials_stream, report_error};
+
+#[doc(hidden)]
+pub mod __private {
+    pub use futures_util::Stream;
+    pub use redis;
+}
+
+/// Names the shared types for a runtime's provider and gives it the redis-rs doors: writes,
+/// in the runtime's module, `EntraClient`, `EntraConnection` and `EntraConnectionManager`
+/// (aliases for `$provider`), the `StreamingCredentialsProvider` impl (for async cluster
+/// connections) and `report_error`, with their documentation, so the runtimes cannot drift
+/// apart on them
+#[macro_export]
+macro_rules! runtime_integration {
+    ($provider:ty) => {
+        /// A redis-rs [`Client`](redis::Client) paired with a provider: every connection it
+        /// opens authenticates with the provider's latest credentials and re-authenticates in
+        /// place with each newer token (every method: [`EntraClient`]($crate::EntraClient))
+        pub type EntraClient = $crate::EntraClient<$provider>;
+
+        /// A redis-rs `MultiplexedConnection` that re-authenticates in place with every newer
+        /// token (see [`EntraConnection`]($crate::EntraConnection))
+        pub type EntraConnection = $crate::EntraConnection<$provider>;
+
+        /// A connection that reconnects whenever it is lost, with the latest usable token (see
+        /// [`EntraConnectionManager`]($crate::EntraConnectionManager))
+        pub type EntraConnectionManager = $crate::EntraConnectionManager<$provider>;
+
+        /// For async cluster connections (`ClusterClientBuilder::set_credentials_provider`);
+        /// use [`EntraClient`] for everything else (see
+        /// [`credentials_stream`]($crate::credentials_stream))
+        impl $crate::__private::redis::auth::StreamingCredentialsProvider for $provider {
+            fn subscribe(
+                &self,
+            ) -> ::std::pin::Pin<
+                ::std::boxed::Box<
+                    dyn $crate::__private::Stream<
+                            Item = $crate::__private::redis::RedisResult<
+                                $crate::__private::redis::auth::BasicAuth,
+                            >,
+                        > + Send
+                        + 'static,
+                >,
+            > {
+                $crate::credentials_stream($crate::ProviderHandle::downgrade(self))
+            }
+        }
+
+        /// Reports a Redis error to the provider when it says the credentials were refused
+        /// (`WRONGPASS`, `NOAUTH`, authentication failed): the provider publishes
+        /// `Event::ReauthFailed` and fetches a fresh token. Returns whether it was such an
+        /// error.
+        pub fn report_error(
+            provider: &$provider,
+            error: &$crate::__private::redis::RedisError,
+        ) -> bool {
+            $crate::report_error(provider, error)
+        }
+    };
+}

@@ -185,7 +185,7 @@ pub(crate) async fn run<L: ProviderLink>(
             };
             failures = failures.saturating_add(1);
             provider.fan_out().record_failure(offer.generation);
-            if provider.first_report_for(offer.generation) {
+            if provider.fan_out().first_report_for(offer.generation) {
                 // One report per generation for all connections: when a thousand refuse at
                 // once, one fresh token is what helps, and the event stream stays readable.
                 tracing::warn!(

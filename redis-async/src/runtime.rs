@@ -6,7 +6,6 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use redis_entraid_core::command::Command;
-use redis_entraid_core::event::Generation;
 use redis_entraid_core::fan_out::FanOutLog;
 use redis_entraid_core::observed::Observed;
 
@@ -48,11 +47,8 @@ pub trait ProviderLink: Clone + Debug + Send + Sync + 'static {
     /// Hands `command` to the provider's driver if it still runs, never waiting
     fn send(&self, command: Command);
 
-    /// Whether this is the first failure report for `generation` (from any connection): one
-    /// report per generation is what helps when a thousand connections fail at once
-    fn first_report_for(&self, generation: Generation) -> bool;
-
-    /// Where connections record how each rotation reached them
+    /// Where connections record how each rotation reached them, and whether a failure for a
+    /// generation was already reported
     fn fan_out(&self) -> &FanOutLog;
 }
 

@@ -34,7 +34,7 @@ impl<L: ProviderLink> Drop for StreamState<L> {
         if let Some(generation) = self.unconfirmed.take() {
             // One report per generation: when many connections die at once (a network
             // blip), one refresh is enough and the event stream stays readable.
-            if !self.provider.first_report_for(generation) {
+            if !self.provider.fan_out().first_report_for(generation) {
                 return;
             }
             tracing::warn!(

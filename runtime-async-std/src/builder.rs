@@ -1,6 +1,5 @@
 //! Building a provider: settings, the token source, the spawn hook, the startup policy
 
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -94,7 +93,6 @@ impl ProviderBuilder {
                 signals,
                 events: inactive,
                 config: self.config,
-                reported: Arc::new(AtomicU64::new(0)),
                 #[cfg(feature = "redis")]
                 fan_out,
             }),

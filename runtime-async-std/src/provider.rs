@@ -1,7 +1,7 @@
 //! The provider: a driver future running the core's machine, and cheap cloneable handles
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,9 +25,6 @@ pub(crate) struct Inner {
     pub(crate) signals: Arc<Signals>,
     pub(crate) events: InactiveReceiver<Event>,
     pub(crate) config: Config,
-    /// The newest generation a connection failure was reported for (one report each)
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) reported: Arc<AtomicU64>,
     #[cfg(feature = "redis")]
     pub(crate) fan_out: Arc<redis_entraid_core::fan_out::FanOutLog>,
 }
@@ -144,7 +141,6 @@ impl Provider {
             shared: Arc::clone(&self.inner.shared),
             commands: self.inner.commands.clone(),
             signals: Arc::clone(&self.inner.signals),
-            reported: Arc::clone(&self.inner.reported),
             #[cfg(feature = "redis")]
             fan_out: Arc::clone(&self.inner.fan_out),
         }
@@ -162,7 +158,7 @@ impl Provider {
     }
 
     /// Stops the driver and waits until it has stopped (other clones then see
-    /// [`Status::Stopped`])
+    /// [`Status::Stopped`](redis_entraid_core::event::Status::Stopped))
     pub async fn shutdown(&self) {
         deliver(&self.inner.signals, &self.inner.commands, Command::Shutdown);
         self.inner
@@ -183,18 +179,12 @@ pub struct WeakProvider {
     pub(crate) shared: Arc<Shared>,
     commands: Sender<Input>,
     signals: Arc<Signals>,
-    reported: Arc<AtomicU64>,
     #[cfg(feature = "redis")]
     pub(crate) fan_out: Arc<redis_entraid_core::fan_out::FanOutLog>,
 }
 
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 impl WeakProvider {
-    /// Whether this is the first failure report for `generation` (later ones are dropped)
-    pub(crate) fn first_report_for(&self, generation: Generation) -> bool {
-        self.reported.fetch_max(generation.0, Ordering::Relaxed) < generation.0
-    }
-
     /// Hands `command` to the driver if it still runs, never waiting (see [`deliver`])
     pub(crate) fn send(&self, command: Command) {
         deliver(&self.signals, &self.commands, command);

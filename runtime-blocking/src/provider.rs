@@ -144,7 +144,7 @@ impl Provider {
         self.inner.fan_out.reports()
     }
 
-    /// Stops the driver now (other clones then see [`Status::Stopped`]); a flag, so even a
+    /// Stops the driver now (other clones then see [`Status::Stopped`](redis_entraid_core::event::Status::Stopped)); a flag, so even a
     /// full command queue cannot lose it
     pub fn shutdown(&self) {
         deliver(&self.inner.signals, &self.inner.commands, Command::Shutdown);

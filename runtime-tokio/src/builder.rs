@@ -165,7 +165,6 @@ impl ProviderBuilder {
                 dropped_events,
                 config: self.config,
                 task,
-                reported: Arc::new(AtomicU64::new(0)),
                 #[cfg(feature = "redis")]
                 fan_out,
             }),

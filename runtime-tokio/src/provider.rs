@@ -34,7 +34,6 @@ pub(crate) struct Inner {
     pub(crate) config: Config,
     #[allow(dead_code)]
     pub(crate) task: JoinHandle<()>,
-    pub(crate) reported: Arc<AtomicU64>,
     #[cfg(feature = "redis")]
     pub(crate) fan_out: Arc<redis_entraid_core::fan_out::FanOutLog>,
 }
@@ -142,7 +141,7 @@ impl Provider {
     }
 
     /// Stops the driver and waits (up to 5 s) until it has; other clones then see
-    /// [`Status::Stopped`]
+    /// [`Status::Stopped`](redis_entraid_core::event::Status::Stopped)
     pub async fn shutdown(&self) {
         // A flag, so even a full command queue cannot lose it.
         deliver(&self.inner.signals, &self.inner.commands, Command::Shutdown);
@@ -158,7 +157,6 @@ impl Provider {
             state: self.inner.state.clone(),
             commands: self.inner.commands.downgrade(),
             signals: Arc::clone(&self.inner.signals),
-            reported: Arc::clone(&self.inner.reported),
             #[cfg(feature = "redis")]
             fan_out: Arc::clone(&self.inner.fan_out),
         }
@@ -184,7 +182,6 @@ pub struct WeakProvider {
     pub(crate) state: watch::Receiver<Snapshot>,
     commands: mpsc::WeakSender<Command>,
     signals: Arc<Signals>,
-    reported: Arc<AtomicU64>,
     #[cfg(feature = "redis")]
     pub(crate) fan_out: Arc<redis_entraid_core::fan_out::FanOutLog>,
 }
@@ -199,13 +196,6 @@ impl fmt::Debug for WeakProvider {
 
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 impl WeakProvider {
-    /// Whether this is the first failure report for `generation` (later ones are dropped)
-    pub(crate) fn first_report_for(&self, generation: Generation) -> bool {
-        self.reported
-            .fetch_max(generation.0, std::sync::atomic::Ordering::Relaxed)
-            < generation.0
-    }
-
     /// Hands `command` to the driver if it still runs, never waiting (see [`deliver`])
     pub(crate) fn send(&self, command: Command) {
         if let Some(commands) = self.commands.upgrade() {

@@ -23,7 +23,7 @@
 //! Why not redis-rs's own `set_credentials_provider`? Its re-authentication task (1.x) stops
 //! for good after one failed `AUTH` and tells nobody, and its `ConnectionManager` caches a
 //! `WRONGPASS` met while reconnecting after an outage and fails every later command. The
-//! provider still implements [`StreamingCredentialsProvider`] for what has no other door:
+//! provider still implements [`StreamingCredentialsProvider`](redis::auth::StreamingCredentialsProvider) for what has no other door:
 //! **async cluster** connections (`ClusterClientBuilder::set_credentials_provider`), whose
 //! node connections redis-rs creates itself. There a failed node re-`AUTH` is reported
 //! ([`Event::ReauthFailed`](redis_entraid_core::event::Event::ReauthFailed)) and answered with
@@ -63,14 +63,9 @@
 //! on the replaced token) is in [`Provider::fan_out_reports`].
 
 use std::future::Future;
-use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use futures_lite::Stream;
-use redis::auth::{BasicAuth, StreamingCredentialsProvider};
-use redis::{RedisError, RedisResult};
 use redis_entraid_core::command::Command;
-use redis_entraid_core::event::Generation;
 use redis_entraid_core::fan_out::FanOutLog;
 use redis_entraid_core::observed::Observed;
 use redis_entraid_redis_async as shared;
@@ -81,32 +76,7 @@ pub use shared::{ManagerConfig, MAX_REAUTHS_IN_FLIGHT};
 use crate::provider::WeakProvider;
 use crate::Provider;
 
-/// A redis-rs [`Client`](redis::Client) paired with a [`Provider`]: every connection it opens
-/// authenticates with the provider's latest credentials and re-authenticates in place with
-/// each newer token (see [`shared::EntraClient`] for every method)
-///
-/// ```no_run
-/// use redis::AsyncCommands;
-/// use redis_entraid_async_std::redis::EntraClient;
-/// use redis_entraid_async_std::Provider;
-/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-/// let provider = Provider::builder().build_from_env(|driver| smol::spawn(driver).detach()).await?;
-/// let client = EntraClient::new(redis::Client::open("rediss://my-cache.redis.azure.net:10000")?, provider);
-/// let mut con = client.get_multiplexed_connection().await?;
-/// let () = con.set("k", "v").await?;
-/// let mut manager = client.get_connection_manager().await?;
-/// let _: Option<String> = manager.get("k").await?;
-/// # Ok(()) }
-/// ```
-pub type EntraClient = shared::EntraClient<Provider>;
-
-/// A redis-rs `MultiplexedConnection` that re-authenticates in place with every newer token
-/// (see [`shared::EntraConnection`])
-pub type EntraConnection = shared::EntraConnection<Provider>;
-
-/// A connection that reconnects whenever it is lost, with the latest usable token (see
-/// [`shared::EntraConnectionManager`])
-pub type EntraConnectionManager = shared::EntraConnectionManager<Provider>;
+redis_entraid_redis_async::runtime_integration!(Provider);
 
 /// smol's global executor (where redis-rs runs its own connection drivers under
 /// `smol-comp`) and async-io's timers, lent to the shared connection code
@@ -152,10 +122,6 @@ impl shared::ProviderLink for WeakProvider {
         WeakProvider::send(self, command);
     }
 
-    fn first_report_for(&self, generation: Generation) -> bool {
-        WeakProvider::first_report_for(self, generation)
-    }
-
     fn fan_out(&self) -> &FanOutLog {
         &self.fan_out
     }
@@ -167,21 +133,4 @@ impl shared::ProviderHandle for Provider {
     fn downgrade(&self) -> WeakProvider {
         Provider::downgrade(self)
     }
-}
-
-/// For async cluster connections (`ClusterClientBuilder::set_credentials_provider`); use
-/// [`EntraClient`] for everything else (see the [module documentation](self) and
-/// [`shared::credentials_stream`])
-impl StreamingCredentialsProvider for Provider {
-    fn subscribe(&self) -> Pin<Box<dyn Stream<Item = RedisResult<BasicAuth>> + Send + 'static>> {
-        shared::credentials_stream(self.downgrade())
-    }
-}
-
-/// Reports a Redis error to the provider when it says the credentials were refused
-/// (`WRONGPASS`, `NOAUTH`, authentication failed): the provider publishes
-/// [`Event::ReauthFailed`](redis_entraid_core::event::Event::ReauthFailed) and fetches a fresh
-/// token. Returns whether it was such an error.
-pub fn report_error(provider: &Provider, error: &RedisError) -> bool {
-    shared::report_error(provider, error)
 }

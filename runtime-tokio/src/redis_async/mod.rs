@@ -15,7 +15,7 @@
 //! Why not redis-rs's own `set_credentials_provider`? Its re-authentication task (1.x) stops
 //! for good after one failed `AUTH` and tells nobody, and its `ConnectionManager` caches a
 //! `WRONGPASS` met while reconnecting after an outage and fails every later command. The
-//! provider still implements [`StreamingCredentialsProvider`] for what has no other door:
+//! provider still implements [`StreamingCredentialsProvider`](redis::auth::StreamingCredentialsProvider) for what has no other door:
 //! **async cluster** connections (`ClusterClientBuilder::set_credentials_provider`, with
 //! redis-rs's `cluster-async` feature enabled by the application: this crate does not enable it,
 //! so applications without a cluster do not build its dependencies), whose node connections
@@ -28,6 +28,20 @@
 //! Migrating from `AsyncConnectionConfig::new().set_credentials_provider(provider)`: drop the
 //! `set_credentials_provider` call and open connections through
 //! `EntraClient::new(client, provider)`; keep the rest of the config.
+//!
+//! ```no_run
+//! use redis::AsyncCommands;
+//! use redis_entraid_tokio::redis_async::EntraClient;
+//! use redis_entraid_tokio::Provider;
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let provider = Provider::from_env().await?;
+//! let client = EntraClient::new(redis::Client::open("rediss://my-cache.redis.azure.net:10000")?, provider);
+//! let mut con = client.get_multiplexed_connection().await?;
+//! let () = con.set("k", "v").await?;
+//! let mut manager = client.get_connection_manager().await?;
+//! let _: Option<String> = manager.get("k").await?;
+//! # Ok(()) }
+//! ```
 //!
 //! The connection code is written once for both async runtimes, in
 //! `redis-entraid-redis-async`; this module lends it tokio's tasks and timers and names its
@@ -46,14 +60,9 @@
 mod resp2;
 
 use std::future::Future;
-use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use futures_util::Stream;
-use redis::auth::{BasicAuth, StreamingCredentialsProvider};
-use redis::{RedisError, RedisResult};
 use redis_entraid_core::command::Command;
-use redis_entraid_core::event::Generation;
 use redis_entraid_core::fan_out::FanOutLog;
 use redis_entraid_core::observed::Observed;
 use redis_entraid_redis_async as shared;
@@ -64,32 +73,7 @@ pub use shared::{ManagerConfig, MAX_REAUTHS_IN_FLIGHT};
 
 use crate::provider::{Provider, WeakProvider};
 
-/// A redis-rs [`Client`](redis::Client) paired with a [`Provider`]: every connection it opens
-/// authenticates with the provider's latest credentials and re-authenticates in place with
-/// each newer token (see [`shared::EntraClient`] for every method)
-///
-/// ```no_run
-/// use redis::AsyncCommands;
-/// use redis_entraid_tokio::redis_async::EntraClient;
-/// use redis_entraid_tokio::Provider;
-/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-/// let provider = Provider::from_env().await?;
-/// let client = EntraClient::new(redis::Client::open("rediss://my-cache.redis.azure.net:10000")?, provider);
-/// let mut con = client.get_multiplexed_connection().await?;
-/// let () = con.set("k", "v").await?;
-/// let mut manager = client.get_connection_manager().await?;
-/// let _: Option<String> = manager.get("k").await?;
-/// # Ok(()) }
-/// ```
-pub type EntraClient = shared::EntraClient<Provider>;
-
-/// A redis-rs `MultiplexedConnection` that re-authenticates in place with every newer token
-/// (see [`shared::EntraConnection`])
-pub type EntraConnection = shared::EntraConnection<Provider>;
-
-/// A connection that reconnects whenever it is lost, with the latest usable token (see
-/// [`shared::EntraConnectionManager`])
-pub type EntraConnectionManager = shared::EntraConnectionManager<Provider>;
+redis_entraid_redis_async::runtime_integration!(Provider);
 
 /// Tokio's tasks and timers, lent to the shared connection code
 #[derive(Debug)]
@@ -152,10 +136,6 @@ impl shared::ProviderLink for WeakProvider {
         WeakProvider::send(self, command);
     }
 
-    fn first_report_for(&self, generation: Generation) -> bool {
-        WeakProvider::first_report_for(self, generation)
-    }
-
     fn fan_out(&self) -> &FanOutLog {
         &self.fan_out
     }
@@ -167,21 +147,4 @@ impl shared::ProviderHandle for Provider {
     fn downgrade(&self) -> WeakProvider {
         Provider::downgrade(self)
     }
-}
-
-/// For async cluster connections (`ClusterClientBuilder::set_credentials_provider`); use
-/// [`EntraClient`] for everything else (see the [module documentation](self) and
-/// [`shared::credentials_stream`])
-impl StreamingCredentialsProvider for Provider {
-    fn subscribe(&self) -> Pin<Box<dyn Stream<Item = RedisResult<BasicAuth>> + Send + 'static>> {
-        shared::credentials_stream(self.downgrade())
-    }
-}
-
-/// Reports a Redis error to the provider when it says the credentials were refused
-/// (`WRONGPASS`, `NOAUTH`, authentication failed): the provider publishes
-/// [`Event::ReauthFailed`](redis_entraid_core::event::Event::ReauthFailed) and fetches a fresh
-/// token. Returns whether it was such an error.
-pub fn report_error(provider: &Provider, error: &RedisError) -> bool {
-    shared::report_error(provider, error)
 }
