@@ -38,7 +38,7 @@ impl Captured {
 ///
 /// The emulator runs in the same process and is the other end of every request: its own
 /// events (`redis_entraid_emulator`) are left out, everything else is kept, including what
-/// hyper, reqwest, rustls, redis and ureq log.
+/// ureq (and its protocol crate ureq_proto), rustls and redis log.
 pub(crate) fn install() -> Captured {
     static CAPTURED: OnceLock<Captured> = OnceLock::new();
     CAPTURED
