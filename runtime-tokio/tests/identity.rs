@@ -73,7 +73,7 @@ async fn every_local_flow_fetches_through_a_dead_proxy_and_https_honours_ssl_cer
         .await
         .unwrap();
 
-    // Workload identity: the federated token file is read with tokio::fs.
+    // Workload identity: the federated token file is read on the blocking pool.
     let workload = [
         "AZURE_AUTHORITY_HOST",
         "AZURE_TENANT_ID",
