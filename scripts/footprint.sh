@@ -45,11 +45,8 @@ done
 BUILD_APPS=${BUILD_APPS:-"redis-rs-entra-id ours-tokio ours-blocking"}
 
 # Duplicates we know of in our graphs and cannot remove from here, with the reason. A new one
-# fails the check; remove an entry as soon as its reason is gone.
-#  - base64 (every runtime): reqwest 0.12 uses base64 0.22 while the hyper-util it pulls in uses
-#    0.23; it goes with reqwest (hyper-util's proxy matcher and tunnel directly would remove
-#    both reqwest and the duplicate; see issue 13's note).
-KNOWN_DUPLICATES="ours-tokio:base64 ours-blocking:base64 ours-async-std:base64"
+# fails the check; remove an entry as soon as its reason is gone. (None today.)
+KNOWN_DUPLICATES=""
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/redis-entraid-footprint.XXXXXX")
 cleanup() { rm -rf "$WORK"; }

@@ -2,16 +2,30 @@
 //!
 //! The core's [`IdentityExecutor`](redis_entraid_core::identity::executor::IdentityExecutor)
 //! decides every rule of a fetch (deadlines, caps, the chain's winner, one callback at a time);
-//! this crate supplies its I/O for runtimes that fetch on threads: reqwest's blocking client
-//! with the proxy, TLS and pinning rules, `std::fs`, child processes killed as a group at their
-//! deadline, callbacks on threads of their own. `redis-entraid-blocking` calls it from
-//! short-lived fetch threads, `redis-entraid-async-std` from the `blocking` thread pool; users
-//! name its types through those crates' re-exports.
+//! this crate supplies its blocking I/O: an HTTP client (ureq with rustls) with the proxy,
+//! TLS and pinning rules, `std::fs`, child processes killed as a group at their deadline,
+//! callbacks on threads of their own. `redis-entraid-blocking` calls it from short-lived
+//! fetch threads, `redis-entraid-async-std` from the `blocking` thread pool, and
+//! `redis-entraid-tokio` runs its HTTP client, file reads and CLI runs on tokio's blocking
+//! pool; users name its types through those crates' re-exports.
+
+//!
+//! Feature `http` (default): the HTTP client and [`IdentityFetcher`]; without it, only the
+//! local I/O ([`read_file`], [`run_command`]) and [`Fetcher`], for a runtime that brings its
+//! own HTTP client.
 
 mod fetcher;
+#[cfg(feature = "http")]
 mod http;
+#[cfg(feature = "http")]
 mod identity;
+mod local;
 
 pub use fetcher::Fetcher;
-pub use http::HttpConfig;
+#[cfg(feature = "http")]
+pub use http::{HttpClient, HttpClientBuilder};
+#[cfg(feature = "http")]
 pub use identity::IdentityFetcher;
+pub use local::{read_file, run_command};
+pub use redis_entraid_core::identity::executor::MAX_RESPONSE_BODY;
+pub use redis_entraid_core::identity::HttpConfig;

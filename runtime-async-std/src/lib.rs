@@ -3,7 +3,7 @@
 //! The driver is a plain future ([`Driver`]) built on `async-io` timers and `async-channel`,
 //! the primitives async-std and smol run on, so it runs under either (or any executor that can
 //! spawn a `Send` future). Token requests run on the `blocking` thread pool through the same
-//! identity executor (reqwest's blocking client) as the blocking runtime, so a slow identity
+//! identity executor (blocking-io's ureq client) as the blocking runtime, so a slow identity
 //! endpoint never stalls the executor. Handles are cheap clones; dropping the last one ends the driver.
 //!
 //! With the `redis` feature, `redis::EntraClient` opens redis-rs multiplexed connections and

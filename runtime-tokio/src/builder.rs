@@ -54,7 +54,7 @@ impl ProviderBuilder {
     }
 
     /// Starts a provider that gets its tokens through `source`, any Entra ID identity flow,
-    /// over the default reqwest client: spawns the driver task, then applies the startup policy
+    /// over the default HTTP client: spawns the driver task, then applies the startup policy
     ///
     /// ```no_run
     /// use redis_entraid_tokio::Provider;
@@ -74,13 +74,13 @@ impl ProviderBuilder {
     /// [`StartupError::Http`] when the HTTP client cannot be set up, [`StartupError::Spawn`]
     /// outside a tokio runtime, [`StartupError::TimedOut`] or [`StartupError::FetchFailed`]
     /// when the startup policy is not met (the driver is then shut down).
-    #[cfg(feature = "reqwest")]
+    #[cfg(feature = "http-client")]
     pub async fn build(
         self,
         source: redis_entraid_core::identity::TokenSource,
     ) -> Result<Provider, StartupError> {
         let client =
-            crate::http::ReqwestClient::from_config(&self.http).map_err(StartupError::Http)?;
+            crate::http::HttpClient::from_config(&self.http).map_err(StartupError::Http)?;
         let identity = crate::source::Identity::with_client(source, client);
         self.build_with_fetcher(identity).await
     }
@@ -93,7 +93,7 @@ impl ProviderBuilder {
     /// [`StartupError::Config`] for an invalid configuration (an unknown
     /// `AZURE_TOKEN_CREDENTIALS`), otherwise as [`build`](Self::build); when no identity works,
     /// the error lists what each step of the chain tried and why it failed.
-    #[cfg(feature = "reqwest")]
+    #[cfg(feature = "http-client")]
     pub async fn build_from_env(self) -> Result<Provider, StartupError> {
         let source = crate::source::default_chain_from_env().map_err(StartupError::Config)?;
         self.build(source).await

@@ -1,4 +1,7 @@
-//! HTTP for identity endpoints: the contract ([`AsyncHttpClient`]) and the default client
+//! HTTP for identity endpoints: the contract ([`AsyncHttpClient`]) and the default client,
+//! [`HttpClient`] (feature `http-client`): redis-entraid-blocking-io's client (ureq with
+//! rustls, every rule below kept, Service Fabric pinning included) run on tokio's blocking
+//! pool
 
 use std::future::Future;
 use std::time::Duration;
@@ -6,9 +9,9 @@ use std::time::Duration;
 use redis_entraid_core::error::TransportError;
 use redis_entraid_core::identity::{IdentityRequest, RequestMeta};
 
-/// The largest identity response body read (real ones are a few kilobytes); the blocking
-/// runtime has the same cap
-pub const MAX_BODY: usize = 1024 * 1024;
+/// The largest identity response body read (real ones are a few kilobytes); every runtime has
+/// the same cap (the core's `identity::executor::MAX_RESPONSE_BODY`)
+pub const MAX_BODY: usize = redis_entraid_core::identity::executor::MAX_RESPONSE_BODY;
 
 /// Sends one identity request; any async HTTP client can be plugged in through it
 ///
@@ -70,7 +73,7 @@ pub fn check_scheme(
     }
 }
 
-/// No client at all (without the `reqwest` feature): every request fails
+/// No client at all (without the `http-client` feature): every request fails
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NoClient;
 
@@ -82,39 +85,39 @@ impl AsyncHttpClient for NoClient {
         _timeout: Duration,
     ) -> Result<http::Response<Vec<u8>>, TransportError> {
         Err(TransportError::permanent(
-            "no HTTP client: enable the `reqwest` feature or use Identity::with_client",
+            "no HTTP client: enable the `http-client` feature or use Identity::with_client",
         ))
     }
 }
 
-#[cfg(feature = "reqwest")]
-pub use self::reqwest_client::{ReqwestClient, ReqwestClientBuilder};
+#[cfg(feature = "http-client")]
+pub use self::default_client::{HttpClient, HttpClientBuilder};
 
-#[cfg(feature = "reqwest")]
-mod reqwest_client {
+#[cfg(feature = "http-client")]
+mod default_client {
     use super::*;
 
-    /// reqwest with rustls: two clients, one that honours proxy settings for remote
-    /// endpoints and one that bypasses every proxy for local identity endpoints; no
-    /// redirects; connect and request timeouts always set
+    /// The default client: redis-entraid-blocking-io's (ureq with rustls, the proxy, https,
+    /// redirect, timeout, body-cap and Service Fabric pinning rules of every runtime), each
+    /// request on tokio's blocking pool
+    ///
+    /// The client enforces each request's timeout itself, so a blocking-pool thread outlives an
+    /// abandoned request by at most that long. Clones share the connection pools.
     #[derive(Clone, Debug)]
-    pub struct ReqwestClient {
-        direct: reqwest::Client,
-        proxied: reqwest::Client,
+    pub struct HttpClient {
+        inner: redis_entraid_blocking_io::HttpClient,
     }
 
-    /// Builds a [`ReqwestClient`]
+    /// Builds an [`HttpClient`]
     #[derive(Debug, Default)]
-    pub struct ReqwestClientBuilder {
-        roots: Vec<reqwest::Certificate>,
-        ignore_ssl_cert_file: bool,
-        connect_timeout: Option<Duration>,
+    pub struct HttpClientBuilder {
+        inner: redis_entraid_blocking_io::HttpClientBuilder,
     }
 
-    impl ReqwestClient {
+    impl HttpClient {
         /// A builder
-        pub fn builder() -> ReqwestClientBuilder {
-            ReqwestClientBuilder::default()
+        pub fn builder() -> HttpClientBuilder {
+            HttpClientBuilder::default()
         }
 
         /// The client [`ProviderBuilder::build`](crate::ProviderBuilder::build) uses: the
@@ -126,161 +129,69 @@ mod reqwest_client {
         pub fn from_config(
             config: &redis_entraid_core::identity::HttpConfig,
         ) -> Result<Self, TransportError> {
-            let mut builder = Self::builder();
-            for path in config.extra_roots() {
-                let pem = std::fs::read(path).map_err(|e| {
-                    TransportError::permanent(format!("cannot read {}", path.display()))
-                        .with_source(e)
-                })?;
-                builder = builder.add_root_certificates_pem(&pem)?;
-            }
-            if !config.reads_ssl_cert_file() {
-                builder = builder.ignore_ssl_cert_file();
-            }
-            builder.build()
+            redis_entraid_blocking_io::HttpClient::from_config(config).map(Self::from)
         }
     }
 
-    impl ReqwestClientBuilder {
+    impl From<redis_entraid_blocking_io::HttpClient> for HttpClient {
+        fn from(inner: redis_entraid_blocking_io::HttpClient) -> Self {
+            Self { inner }
+        }
+    }
+
+    impl HttpClientBuilder {
         /// Trusts these PEM certificates as well as the built-in roots
         ///
         /// # Errors
-        /// [`TransportError`] when the PEM cannot be parsed.
-        pub fn add_root_certificates_pem(mut self, pem: &[u8]) -> Result<Self, TransportError> {
-            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
-                TransportError::permanent("cannot parse the root certificate PEM").with_source(e)
-            })?;
-            self.roots.extend(certs);
-            Ok(self)
+        /// [`TransportError`] when the PEM holds a malformed certificate or none at all.
+        pub fn add_root_certificates_pem(self, pem: &[u8]) -> Result<Self, TransportError> {
+            Ok(Self {
+                inner: self.inner.add_root_certificates_pem(pem)?,
+            })
         }
 
         /// Do not read `SSL_CERT_FILE` (read by default when set)
-        pub fn ignore_ssl_cert_file(mut self) -> Self {
-            self.ignore_ssl_cert_file = true;
-            self
+        #[must_use]
+        pub fn ignore_ssl_cert_file(self) -> Self {
+            Self {
+                inner: self.inner.ignore_ssl_cert_file(),
+            }
         }
 
         /// The TCP + TLS connect timeout (default 5 s)
-        pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-            self.connect_timeout = Some(timeout);
-            self
+        #[must_use]
+        pub fn connect_timeout(self, timeout: Duration) -> Self {
+            Self {
+                inner: self.inner.connect_timeout(timeout),
+            }
         }
 
-        /// Builds the two underlying clients
+        /// Builds the client: reads `SSL_CERT_FILE` (unless ignored) and the proxy variables
+        /// (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`, upper or lower case) now
         ///
         /// # Errors
-        /// [`TransportError`] when `SSL_CERT_FILE` names an unreadable file or reqwest
-        /// cannot build its TLS configuration.
-        pub fn build(mut self) -> Result<ReqwestClient, TransportError> {
-            if !self.ignore_ssl_cert_file {
-                if let Some(path) = std::env::var_os("SSL_CERT_FILE").filter(|p| !p.is_empty()) {
-                    let pem = std::fs::read(&path).map_err(|e| {
-                        TransportError::permanent(format!(
-                            "cannot read SSL_CERT_FILE {}",
-                            std::path::Path::new(&path).display()
-                        ))
-                        .with_source(e)
-                    })?;
-                    self = self.add_root_certificates_pem(&pem)?;
-                }
-            }
-            let connect = self.connect_timeout.unwrap_or(Duration::from_secs(5));
-            let make = |direct: bool| {
-                let mut b = reqwest::Client::builder()
-                    .redirect(reqwest::redirect::Policy::none())
-                    .connect_timeout(connect)
-                    .timeout(Duration::from_secs(30))
-                    .use_rustls_tls();
-                if direct {
-                    b = b.no_proxy();
-                }
-                for root in &self.roots {
-                    b = b.add_root_certificate(root.clone());
-                }
-                b.build().map_err(|e| {
-                    TransportError::permanent("cannot build the HTTP client").with_source(e)
-                })
-            };
-            Ok(ReqwestClient {
-                direct: make(true)?,
-                proxied: make(false)?,
-            })
+        /// [`TransportError`] when `SSL_CERT_FILE` names an unreadable or invalid file, or a
+        /// root is not a usable CA certificate.
+        pub fn build(self) -> Result<HttpClient, TransportError> {
+            self.inner.build().map(HttpClient::from)
         }
     }
 
-    impl AsyncHttpClient for ReqwestClient {
+    impl AsyncHttpClient for HttpClient {
         async fn send(
             &self,
             request: IdentityRequest,
             meta: &RequestMeta,
             timeout: Duration,
         ) -> Result<http::Response<Vec<u8>>, TransportError> {
-            check_scheme(&request, meta)?;
-            if meta.server_sha1_thumbprint.is_some() {
-                // reqwest offers no per-request certificate pinning; refusing is safer than
-                // trusting a self-signed endpoint blindly.
-                return Err(TransportError::permanent(
-                    "this endpoint needs server certificate pinning (Service Fabric), which the \
-                     reqwest client does not do: supply an AsyncHttpClient that pins the SHA-1 \
-                     thumbprint",
-                ));
-            }
-            let client = if meta.local_endpoint {
-                &self.direct
-            } else {
-                &self.proxied
-            };
-            let (parts, body) = request.into_parts();
-            let url = parts.uri.to_string();
-            let mut builder = client
-                .request(parts.method, url.as_str())
-                .headers(parts.headers)
-                .timeout(timeout);
-            if !body.is_empty() {
-                builder = builder.body(body);
-            }
-            let host = parts.uri.host().unwrap_or("").to_owned();
-            let response = builder.send().await.map_err(|e| transport(&host, e))?;
-            let status = response.status();
-            let headers = response.headers().clone();
-            let too_large = || {
-                TransportError::new(format!(
-                    "the answer from {host} is larger than the {MAX_BODY} bytes allowed"
-                ))
-            };
-            // Refuse early when the server says it will send too much; otherwise count what
-            // arrives (a chunked body has no length). A slow drip ends at the request timeout.
-            if response
-                .content_length()
-                .is_some_and(|n| n > MAX_BODY as u64)
-            {
-                return Err(too_large());
-            }
-            let mut body = Vec::new();
-            let mut response = response;
-            while let Some(chunk) = response.chunk().await.map_err(|e| transport(&host, e))? {
-                if body.len() + chunk.len() > MAX_BODY {
-                    return Err(too_large());
-                }
-                body.extend_from_slice(&chunk);
-            }
-            let mut out = http::Response::new(body);
-            *out.status_mut() = status;
-            *out.headers_mut() = headers;
-            Ok(out)
+            let client = self.inner.clone();
+            let meta = meta.clone();
+            tokio::task::spawn_blocking(move || client.send(request, &meta, timeout))
+                .await
+                .map_err(|e| {
+                    TransportError::new("the identity request's blocking task failed")
+                        .with_source(e)
+                })?
         }
-    }
-
-    fn transport(host: &str, e: reqwest::Error) -> TransportError {
-        let what = if e.is_timeout() {
-            "timed out"
-        } else if e.is_connect() {
-            "could not connect"
-        } else {
-            "failed"
-        };
-        // reqwest's error text holds the URL, which never carries secrets for these flows
-        // (secrets travel in bodies and headers); keep it as the source.
-        TransportError::new(format!("request to {host} {what}")).with_source(e.without_url())
     }
 }

@@ -9,7 +9,8 @@
 //!
 //! - [`Identity`] runs every Entra ID flow of the core (managed identity, service principal,
 //!   workload identity, Azure CLI, the default chain...) over an [`AsyncHttpClient`]
-//!   (reqwest with rustls by default), `tokio::fs`, `tokio::process` and `spawn_blocking`.
+//!   (by default redis-entraid-blocking-io's, ureq with rustls, on the blocking pool), and
+//!   that crate's file reads and CLI runs on the blocking pool.
 //! - Feature `redis`: [`redis_async`] makes redis-rs async connections authenticate on
 //!   connect and re-`AUTH` on every new credential generation, and offers a RESP2 subscriber
 //!   that swaps connections before the token expires.

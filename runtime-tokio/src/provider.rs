@@ -90,11 +90,11 @@ impl Provider {
 
     /// A provider over the default chain configured from this process's environment
     /// variables (environment service principal, workload identity, managed identity, Azure
-    /// CLI, azd), with the default configuration and startup policy and the reqwest client
+    /// CLI, azd), with the default configuration and startup policy and the default HTTP client
     ///
     /// # Errors
     /// As [`ProviderBuilder::build_from_env`].
-    #[cfg(feature = "reqwest")]
+    #[cfg(feature = "http-client")]
     pub async fn from_env() -> Result<Provider, crate::StartupError> {
         Provider::builder().build_from_env().await
     }

@@ -2,7 +2,6 @@
 //! of the core's identity executor
 
 use std::future::Future;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -64,8 +63,9 @@ where
 }
 
 /// A core identity flow ([`redis_entraid_core::identity::TokenSource`]) run by the core's
-/// [`IdentityExecutor`] over an [`AsyncHttpClient`], `tokio::fs`, `tokio::process` and
-/// `spawn_blocking`
+/// [`IdentityExecutor`] over an [`AsyncHttpClient`], with redis-entraid-blocking-io's file
+/// reads, CLI runs (process group killed at the deadline) and callbacks on tokio's blocking
+/// pool (`spawn_blocking`)
 ///
 /// [`ProviderBuilder::build`](crate::ProviderBuilder::build) wraps a flow in one with the
 /// default client; build one yourself for another client and pass it to
@@ -75,12 +75,12 @@ where
 ///
 /// ```no_run
 /// use redis_entraid_core::identity::TokenSource;
-/// use redis_entraid_tokio::http::ReqwestClient;
+/// use redis_entraid_tokio::http::HttpClient;
 /// use redis_entraid_tokio::{Identity, Provider};
 ///
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let flow: TokenSource = unimplemented!();
-/// let client = ReqwestClient::builder().add_root_certificates_pem(b"...")?.build()?;
+/// let client = HttpClient::builder().add_root_certificates_pem(b"...")?.build()?;
 /// let provider = Provider::builder().build_with_fetcher(Identity::with_client(flow, client)).await?;
 /// # Ok(()) }
 /// ```
@@ -90,16 +90,19 @@ pub struct Identity<C = DefaultClient> {
     backends: TokioBackends<C>,
 }
 
-/// The default HTTP client: reqwest with rustls when the `reqwest` feature is on
-#[cfg(feature = "reqwest")]
-pub type DefaultClient = crate::http::ReqwestClient;
-/// The default HTTP client: none without the `reqwest` feature (use [`Identity::with_client`])
-#[cfg(not(feature = "reqwest"))]
+/// The default HTTP client: [`HttpClient`](crate::http::HttpClient) (ureq with rustls on the
+/// blocking pool) when the `http-client` feature is on
+#[cfg(feature = "http-client")]
+pub type DefaultClient = crate::http::HttpClient;
+/// The default HTTP client: none without the `http-client` feature (use
+/// [`Identity::with_client`])
+#[cfg(not(feature = "http-client"))]
 pub type DefaultClient = crate::http::NoClient;
 
-#[cfg(feature = "reqwest")]
-impl Identity<crate::http::ReqwestClient> {
-    /// `source` over the default reqwest client (system roots, `SSL_CERT_FILE` honoured)
+#[cfg(feature = "http-client")]
+impl Identity<crate::http::HttpClient> {
+    /// `source` over the default client (public roots, `SSL_CERT_FILE` honoured, proxies from
+    /// the environment)
     ///
     /// # Errors
     /// [`TransportError`] when the HTTP client cannot be built (e.g. an unreadable
@@ -107,7 +110,7 @@ impl Identity<crate::http::ReqwestClient> {
     pub fn new(source: CoreSource) -> Result<Self, TransportError> {
         Ok(Self::with_client(
             source,
-            crate::http::ReqwestClient::builder().build()?,
+            crate::http::HttpClient::builder().build()?,
         ))
     }
 
@@ -229,11 +232,20 @@ impl<C: AsyncHttpClient> Backends for TokioBackends<C> {
         path: &std::path::Path,
         max_len: u64,
     ) -> Result<SecretBytes, TransportError> {
-        read_file(path, max_len).await
+        let path = path.to_owned();
+        on_blocking_pool("reading a token file", move || {
+            redis_entraid_blocking_io::read_file(&path, max_len)
+        })
+        .await?
     }
 
     async fn run_command(&self, spec: &CommandSpec, timeout: Duration) -> CommandOutput {
-        run_command(spec, timeout).await
+        let spec = spec.clone();
+        on_blocking_pool("running a CLI", move || {
+            redis_entraid_blocking_io::run_command(&spec, timeout)
+        })
+        .await
+        .unwrap_or_else(|e| CommandOutput::new(None, Vec::new(), e.to_string().into_bytes()))
     }
 
     /// On tokio's blocking pool; a callback that hangs keeps its pool thread (and `running`),
@@ -271,91 +283,12 @@ fn local_offset_seconds() -> i32 {
     time::UtcOffset::current_local_offset().map_or(0, |o| o.whole_seconds())
 }
 
-async fn read_file(path: &std::path::Path, max_len: u64) -> Result<SecretBytes, TransportError> {
-    let meta = tokio::fs::metadata(path)
+/// Runs `job` (blocking I/O of blocking-io) on tokio's blocking pool
+async fn on_blocking_pool<T: Send + 'static>(
+    what: &str,
+    job: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, TransportError> {
+    tokio::task::spawn_blocking(job)
         .await
-        .map_err(|e| io_error(path, e))?;
-    if meta.len() > max_len {
-        return Err(TransportError::permanent(format!(
-            "{} is {} bytes, more than the {max_len} allowed",
-            path.display(),
-            meta.len()
-        )));
-    }
-    let bytes = tokio::fs::read(path).await.map_err(|e| io_error(path, e))?;
-    if bytes.len() as u64 > max_len {
-        return Err(TransportError::permanent(format!(
-            "{} grew past the {max_len} bytes allowed",
-            path.display()
-        )));
-    }
-    Ok(SecretBytes::new(bytes))
-}
-
-fn io_error(path: &std::path::Path, e: std::io::Error) -> TransportError {
-    let message = format!("cannot read {}", path.display());
-    if e.kind() == std::io::ErrorKind::NotFound {
-        TransportError::permanent(message).with_source(e)
-    } else {
-        TransportError::new(message).with_source(e)
-    }
-}
-
-/// Where CLIs run: never the application's directory, so a planted `az` there is not picked
-/// up (the rule of `redis_entraid_core::identity::cli`)
-fn command_dir() -> std::path::PathBuf {
-    if cfg!(windows) {
-        std::env::var_os("SYSTEMROOT")
-            .filter(|d| !d.is_empty())
-            .map_or_else(|| std::path::PathBuf::from(r"C:\Windows"), Into::into)
-    } else {
-        std::path::PathBuf::from("/bin")
-    }
-}
-
-async fn run_command(spec: &CommandSpec, left: Duration) -> CommandOutput {
-    let program = if cfg!(windows) {
-        &spec.windows_program
-    } else {
-        &spec.program
-    };
-    let mut command = tokio::process::Command::new(program);
-    command
-        .args(&spec.args)
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(command_dir())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    // A process group of its own, so the deadline can kill whatever the CLI started too.
-    #[cfg(unix)]
-    command.process_group(0);
-    let child = match command.spawn() {
-        Ok(child) => child,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return CommandOutput::not_found(),
-        Err(e) => return CommandOutput::new(None, Vec::new(), e.to_string().into_bytes()),
-    };
-    let group = child.id();
-    let timeout = spec.timeout.min(left);
-    // Reading to end-of-file also waits for any grandchild holding stdout; the timeout covers
-    // both, and dropping the future kills the child (kill_on_drop) and closes the pipes.
-    let output = tokio::time::timeout(timeout, child.wait_with_output()).await;
-    #[cfg(unix)]
-    if output.is_err() {
-        if let Some(pid) = group.and_then(|id| rustix::process::Pid::from_raw(id as i32)) {
-            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = group;
-    match output {
-        Ok(Ok(out)) => CommandOutput::new(out.status.code(), out.stdout, out.stderr),
-        Ok(Err(e)) => CommandOutput::new(None, Vec::new(), e.to_string().into_bytes()),
-        Err(_) => CommandOutput::new(
-            None,
-            Vec::new(),
-            format!("timed out after {}ms", timeout.as_millis()).into_bytes(),
-        ),
-    }
+        .map_err(|e| TransportError::new(format!("the blocking task {what} failed")).with_source(e))
 }

@@ -9,7 +9,7 @@ use redis::AsyncCommands;
 use redis_entraid_core::identity::chain::DefaultChain;
 use redis_entraid_core::identity::TokenSource as Flow;
 use redis_entraid_emulator::Emulator;
-use redis_entraid_tokio::http::ReqwestClient;
+use redis_entraid_tokio::http::HttpClient;
 use redis_entraid_tokio::redis_async::{EntraClient, Resp2Subscriber};
 use redis_entraid_tokio::{Identity, Provider, Startup};
 
@@ -17,7 +17,7 @@ use redis_entraid_tokio::{Identity, Provider, Startup};
 async fn a_slow_resp2_reader_loses_the_oldest_messages_and_they_are_counted() {
     let emu = Emulator::builder().start().await.unwrap();
     let env: BTreeMap<String, String> = emu.env().into_iter().collect();
-    let client = ReqwestClient::builder()
+    let client = HttpClient::builder()
         .ignore_ssl_cert_file()
         .add_root_certificates_pem(emu.ca_cert_pem().as_bytes())
         .unwrap()

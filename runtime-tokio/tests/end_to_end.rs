@@ -15,7 +15,7 @@ use redis_entraid_core::config::{Config, RefreshPolicy, RetryPolicy};
 use redis_entraid_core::identity::chain::DefaultChain;
 use redis_entraid_core::identity::TokenSource as Flow;
 use redis_entraid_emulator::{Emulator, Endpoint, Fault, FaultKind};
-use redis_entraid_tokio::http::ReqwestClient;
+use redis_entraid_tokio::http::HttpClient;
 use redis_entraid_tokio::redis_async::{EntraClient, ManagerConfig, Resp2Subscriber};
 use redis_entraid_tokio::{Identity, Provider, Startup};
 use tokio::time::Instant;
@@ -100,7 +100,7 @@ fn config() -> Config {
 async fn provider(emu: &Emulator) -> Provider {
     let env: BTreeMap<String, String> = emu.env().into_iter().collect();
     let flow = Flow::DefaultChain(DefaultChain::from_env(&env));
-    let client = ReqwestClient::builder()
+    let client = HttpClient::builder()
         .ignore_ssl_cert_file()
         .add_root_certificates_pem(emu.ca_cert_pem().as_bytes())
         .unwrap()

@@ -1,4 +1,4 @@
-//! The identity executor and the reqwest client against the emulator: proxy bypass for local
+//! The identity executor and the default HTTP client against the emulator: proxy bypass for local
 //! endpoints, `SSL_CERT_FILE`, custom roots, workload identity files, the default chain
 //!
 //! One test function: it changes the process environment (proxy variables, `SSL_CERT_FILE`).
@@ -11,7 +11,7 @@ use std::time::Duration;
 use redis_entraid_core::identity::chain::DefaultChain;
 use redis_entraid_core::identity::TokenSource as Flow;
 use redis_entraid_emulator::Emulator;
-use redis_entraid_tokio::http::ReqwestClient;
+use redis_entraid_tokio::http::HttpClient;
 use redis_entraid_tokio::{Fetcher, Identity, Provider, Startup};
 
 fn chain(emu: &Emulator, keep: &[&str]) -> Flow {
@@ -63,7 +63,7 @@ async fn every_local_flow_fetches_through_a_dead_proxy_and_https_honours_ssl_cer
     trusted.fetch(Duration::from_secs(5)).await.unwrap();
     std::env::remove_var("SSL_CERT_FILE");
     // ...or through the builder.
-    let client = ReqwestClient::builder()
+    let client = HttpClient::builder()
         .add_root_certificates_pem(emu.ca_cert_pem().as_bytes())
         .unwrap()
         .build()
@@ -73,7 +73,7 @@ async fn every_local_flow_fetches_through_a_dead_proxy_and_https_honours_ssl_cer
         .await
         .unwrap();
 
-    // Workload identity: the federated token file is read with tokio::fs.
+    // Workload identity: the federated token file is read on the blocking pool.
     let workload = [
         "AZURE_AUTHORITY_HOST",
         "AZURE_TENANT_ID",
@@ -99,10 +99,10 @@ async fn every_local_flow_fetches_through_a_dead_proxy_and_https_honours_ssl_cer
 /// What the recording client saw: path, local endpoint, probe, timeout
 type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, bool, bool, Duration)>>>;
 
-/// A user-supplied client: records how each request must be sent, delegates to reqwest
+/// A user-supplied client: records how each request must be sent, delegates to the default client
 #[derive(Clone)]
 struct Recording {
-    inner: ReqwestClient,
+    inner: HttpClient,
     seen: Seen,
 }
 
@@ -127,7 +127,7 @@ impl redis_entraid_tokio::AsyncHttpClient for Recording {
 async fn a_user_supplied_client_gets_every_request_with_its_rules_and_timeout() {
     let emu = Emulator::builder().without_redis().start().await.unwrap();
     let client = Recording {
-        inner: ReqwestClient::builder()
+        inner: HttpClient::builder()
             .ignore_ssl_cert_file()
             .build()
             .unwrap(),

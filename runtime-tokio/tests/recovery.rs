@@ -17,7 +17,7 @@ use redis_entraid_core::identity::env as vars;
 use redis_entraid_core::identity::managed::{ManagedIdentity, ManagedIdentityId};
 use redis_entraid_core::identity::TokenSource as Flow;
 use redis_entraid_emulator::{Emulator, Endpoint, Fault};
-use redis_entraid_tokio::http::ReqwestClient;
+use redis_entraid_tokio::http::HttpClient;
 use redis_entraid_tokio::redis_async::{EntraClient, EntraConnection, ManagerConfig};
 use redis_entraid_tokio::{Identity, Provider, Startup};
 use tokio::time::Instant;
@@ -45,7 +45,7 @@ fn config(max_retry_delay: Duration) -> Config {
 }
 
 async fn provider(emu: &Emulator, flow: Flow, config: Config) -> Provider {
-    let client = ReqwestClient::builder()
+    let client = HttpClient::builder()
         .ignore_ssl_cert_file()
         .add_root_certificates_pem(emu.ca_cert_pem().as_bytes())
         .unwrap()

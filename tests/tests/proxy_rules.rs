@@ -1,5 +1,5 @@
 //! Every proxy rule, on both identity executor backends (blocking-io's `IdentityFetcher`, which
-//! the blocking and async-std runtimes run, and tokio's reqwest `Identity`), against a local
+//! the blocking and async-std runtimes run, and tokio's `Identity` over the default client), against a local
 //! recording proxy: `HTTPS_PROXY` (and `https_proxy`) for https, never `HTTP_PROXY` for https,
 //! `NO_PROXY` honoured (exact host and domain suffix), and local identity endpoints never
 //! proxied whatever is set

@@ -2,7 +2,7 @@
 //! the emulator serves
 //!
 //! Everything every crate logs is captured at TRACE, through `tracing` and the `log` bridge
-//! (reqwest, hyper, rustls, redis, ureq log through `log`), together with `Debug` and
+//! (ureq, rustls, redis log through `log`), together with `Debug` and
 //! `Display` of every public value, error and event the test can reach, including the request
 //! a custom HTTP client receives. Each secret is looked for raw, form-encoded, as a `Debug`
 //! byte list, in base64 and base64url; any JWT (tokens, client and federated assertions) is
@@ -195,7 +195,7 @@ fn async_std(flow: &Flow, emu: &redis_entraid_emulator::BlockingEmulator, ca: &P
 }
 
 fn tokio(flow: &Flow, emu: &redis_entraid_emulator::BlockingEmulator) -> Seen {
-    use redis_entraid_tokio::http::ReqwestClient;
+    use redis_entraid_tokio::http::HttpClient;
     use redis_entraid_tokio::redis_async::EntraClient;
     use redis_entraid_tokio::{Identity, Provider, Startup};
 
@@ -207,7 +207,7 @@ fn tokio(flow: &Flow, emu: &redis_entraid_emulator::BlockingEmulator) -> Seen {
     runtime.block_on(async {
         let mut seen = Seen::default();
         print_source(&mut seen, flow);
-        let http = ReqwestClient::builder()
+        let http = HttpClient::builder()
             .ignore_ssl_cert_file()
             .add_root_certificates_pem(emu.ca_cert_pem().as_bytes())
             .unwrap()
@@ -365,7 +365,7 @@ fn refused(
         .build()
         .unwrap();
     let tokio = runtime.block_on(async {
-        let client = redis_entraid_tokio::http::ReqwestClient::builder()
+        let client = redis_entraid_tokio::http::HttpClient::builder()
             .ignore_ssl_cert_file()
             .add_root_certificates_pem(emu.ca_cert_pem().as_bytes())
             .unwrap()
@@ -482,12 +482,12 @@ fn no_runtime_logs_prints_or_reports_a_secret_of_any_flow() {
     cases += 3;
     // Service Fabric's `secret` header, to the emulator's https listener pinned by its
     // certificate's thumbprint (the emulator refuses the request, after the header crossed
-    // the blocking and async-std clients; the tokio client refuses this endpoint).
+    // the HTTP client of every runtime: all three pin the thumbprint).
     let service_fabric = service_fabric_source(&emu, &service_fabric_secret);
     let before = emu.counters().app_service_requests;
     printed.push_str(&refused(&service_fabric, &emu, &ca));
     assert!(
-        emu.counters().app_service_requests >= before + 2,
+        emu.counters().app_service_requests >= before + 3,
         "the pinned Service Fabric requests reached the emulator (so the header was sent)"
     );
     cases += 3;
@@ -498,7 +498,7 @@ fn no_runtime_logs_prints_or_reports_a_secret_of_any_flow() {
 
     let logs = captured.text();
     // The capture saw the libraries at work: the crates below log only through `log`.
-    for target in ["reqwest", "hyper", "rustls", "redis_entraid"] {
+    for target in ["ureq", "rustls", "redis_entraid"] {
         assert!(logs.contains(target), "nothing from {target} was captured");
     }
     assert!(

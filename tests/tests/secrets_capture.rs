@@ -1,6 +1,7 @@
 //! The leak capture of `secrets.rs` detects leaks: a deliberately leaking client (ureq 2, which
 //! logs the request prelude with every header but `Authorization` and `Cookie` through `log`
-//! at DEBUG) and deliberately leaking log lines and `Debug` output are all caught
+//! at DEBUG), deliberately leaking log lines, a hex dump cutting a secret across lines (as
+//! ureq 3's `ureq_proto` writes at TRACE) and `Debug` output are all caught
 //!
 //! Its own binary: the capture is process-wide.
 
@@ -49,6 +50,40 @@ fn the_capture_detects_each_form_of_a_leaked_secret() {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("ab{secret}")),
         "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzb21lb25lIn0.c2lnbmF0dXJlLW9mLWEtand0".to_owned(),
     ];
+    // A hex dump (ureq_proto's TRACE format: 16 bytes a line, hex then printable text) cuts
+    // the secret across lines; it is put back together.
+    let dump = format!("POST /token HTTP/1.1\r\n\r\n{form}");
+    let before = captured.text().len();
+    for row in dump.as_bytes().chunks(16) {
+        let mut line = String::new();
+        for i in 0..16 {
+            match row.get(i) {
+                Some(b) => line.push_str(&format!("{b:02x}")),
+                None => line.push_str("--"),
+            }
+            if i % 2 == 1 {
+                line.push(' ');
+            }
+        }
+        line.push(' ');
+        line.extend(
+            row.iter()
+                .map(|&b| if b.is_ascii_graphic() { b as char } else { '.' }),
+        );
+        // Through `tracing`: blocking-io compiles `log` records above DEBUG out.
+        tracing::trace!(target: "leaky_dump", "{line}");
+    }
+    let text = captured.text();
+    let fresh = &text[before..];
+    assert!(
+        fresh.lines().all(|l| !l.contains(secret)),
+        "no single line holds the secret"
+    );
+    assert!(
+        !capture::leaks(fresh, &secrets).is_empty(),
+        "the hex-dumped secret was caught: {fresh}"
+    );
+
     for (i, line) in leaking.iter().enumerate() {
         let before = captured.text().len();
         if i % 2 == 0 {

@@ -1,4 +1,4 @@
-//! End to end on the tokio runtime: every identity flow through `Identity` (reqwest, tokio::fs),
+//! End to end on the tokio runtime: every identity flow through `Identity` (blocking-io's HTTP client and file reads on the blocking pool),
 //! redis-rs multiplexed connections and a RESP3 subscriber opened through `EntraClient`
 //! (re-authentication owned by this crate), over real sockets and a real redis-server behind the
 //! emulator's expiry-enforcing proxy
@@ -19,7 +19,7 @@ use async_e2e::{join_all, report_and_check, run_flow, AsyncRuntime};
 use redis_entraid_core::event::Event;
 use redis_entraid_emulator::{ClientCertificate, Emulator};
 use redis_entraid_tests::{e2e_config, flows, Flow, SCENARIO_DURATION, TOKEN_LIFETIME};
-use redis_entraid_tokio::http::ReqwestClient;
+use redis_entraid_tokio::http::HttpClient;
 use redis_entraid_tokio::redis_async::{EntraClient, EntraConnection};
 use redis_entraid_tokio::{Identity, Provider, Startup};
 
@@ -33,7 +33,7 @@ impl AsyncRuntime for Tokio {
     type Task = std::pin::Pin<Box<dyn std::future::Future<Output = u64>>>;
 
     async fn provider(flow: Flow, emu: &Emulator) -> Provider {
-        let client = ReqwestClient::builder()
+        let client = HttpClient::builder()
             .ignore_ssl_cert_file()
             .add_root_certificates_pem(emu.ca_cert_pem().as_bytes())
             .unwrap()

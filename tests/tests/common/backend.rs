@@ -1,6 +1,6 @@
 //! The two identity executor backends behind one trait, for the fetch-level rules: blocking-io's
 //! `IdentityFetcher` (which the blocking and async-std runtimes both run) and tokio's
-//! `Identity` (reqwest, tokio::fs, tokio::process, spawn_blocking)
+//! `Identity` (blocking-io's HTTP client, files and processes on tokio's blocking pool)
 
 #![allow(dead_code)] // each test binary uses its own part
 
@@ -52,14 +52,14 @@ impl Backend for BlockingIo {
     }
 }
 
-/// tokio's (reqwest, tokio::fs, tokio::process, spawn_blocking)
+/// tokio's (blocking-io's HTTP client, files and processes on tokio's blocking pool)
 pub(crate) struct TokioIo;
 
 impl Backend for TokioIo {
-    type Fetcher = redis_entraid_tokio::Identity<redis_entraid_tokio::http::ReqwestClient>;
+    type Fetcher = redis_entraid_tokio::Identity<redis_entraid_tokio::http::HttpClient>;
     const NAME: &'static str = "tokio";
     fn fetcher(source: TokenSource) -> Self::Fetcher {
-        let client = redis_entraid_tokio::http::ReqwestClient::builder()
+        let client = redis_entraid_tokio::http::HttpClient::builder()
             .ignore_ssl_cert_file()
             .build()
             .unwrap();

@@ -38,7 +38,7 @@ impl Captured {
 ///
 /// The emulator runs in the same process and is the other end of every request: its own
 /// events (`redis_entraid_emulator`) are left out, everything else is kept, including what
-/// hyper, reqwest, rustls, redis and ureq log.
+/// ureq (and its protocol crate ureq_proto), rustls and redis log.
 pub(crate) fn install() -> Captured {
     static CAPTURED: OnceLock<Captured> = OnceLock::new();
     CAPTURED
@@ -106,21 +106,53 @@ pub(crate) fn forms(secret: &str) -> Vec<String> {
 ///
 /// A JWT (tokens, client assertions, federated assertions) is found by shape, so secrets whose
 /// value the test cannot know (a fresh signed assertion per request) are caught too.
+///
+/// Hex dumps (16 bytes a line, as `ureq_proto` writes every byte it sends and receives at
+/// TRACE) are put back together and searched too: a secret cut across their lines is found.
 pub(crate) fn leaks(text: &str, secrets: &[(String, String)]) -> Vec<String> {
     let mut found = Vec::new();
-    for (label, secret) in secrets {
-        for form in forms(secret) {
-            if text.contains(&form) {
-                found.push(format!("{label} (as `{}…`)", &form[..form.len().min(6)]));
-                break;
+    let dumped = hex_dumps(text);
+    for (where_, text) in [("", text), (" in a hex dump", dumped.as_str())] {
+        for (label, secret) in secrets {
+            for form in forms(secret) {
+                if text.contains(&form) {
+                    found.push(format!(
+                        "{label}{where_} (as `{}…`)",
+                        &form[..form.len().min(6)]
+                    ));
+                    break;
+                }
+            }
+        }
+        if let Some(at) = find_jwt(text) {
+            let context: String = text[at.saturating_sub(60)..].chars().take(100).collect();
+            found.push(format!("a JWT{where_}, near: {context:?}"));
+        }
+    }
+    found
+}
+
+/// The bytes of every hex-dump line in `text` (eight groups of four hex digits, `-` for the
+/// padding of a last short line), joined in order, as text
+fn hex_dumps(text: &str) -> String {
+    let mut bytes = Vec::new();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split(' ').collect();
+        let row = words.windows(8).find(|w| {
+            w.iter()
+                .all(|g| g.len() == 4 && g.chars().all(|c| c.is_ascii_hexdigit() || c == '-'))
+                && w.iter().any(|g| g.chars().all(|c| c.is_ascii_hexdigit()))
+        });
+        let Some(row) = row else { continue };
+        for group in row {
+            for pair in [&group[..2], &group[2..]] {
+                if let Ok(b) = u8::from_str_radix(pair, 16) {
+                    bytes.push(b);
+                }
             }
         }
     }
-    if let Some(at) = find_jwt(text) {
-        let context: String = text[at.saturating_sub(60)..].chars().take(100).collect();
-        found.push(format!("a JWT, near: {context:?}"));
-    }
-    found
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// The offset of something shaped like a JWT: `eyJ…` `.` `eyJ…` `.` signature
