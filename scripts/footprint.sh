@@ -212,7 +212,7 @@ for name in "${APPS[@]}"; do
 done
 echo
 echo "Added = crates of the app that its base does not have (another version of a base crate counts)."
-echo "Known duplicates allowed in our graphs: $KNOWN_DUPLICATES (reasons in scripts/footprint.sh)."
+echo "Known duplicates allowed in our graphs: ${KNOWN_DUPLICATES:-none} (reasons in scripts/footprint.sh)."
 
 if [ "$LIST" = 1 ]; then
     echo

@@ -20,10 +20,11 @@
 //! a few harmless ones (unlike ureq 2, which logged every header but `Authorization`), and no
 //! body. Its protocol crate (`ureq_proto` 0.7) also hex-dumps every byte it writes and reads,
 //! secret headers, form bodies and token answers included, at TRACE through the `log` crate.
-//! A library cannot filter another crate's `log` records at run time, so this crate's `http`
-//! feature turns on `log`'s `max_level_debug`: in an application that uses it, no `log`
-//! record above DEBUG exists at all (from any crate; `tracing` events are not affected, and a
-//! `release_max_level_*` feature set by the application would win in release builds).
+//! A library cannot filter another crate's `log` records at run time, so this crate's
+//! `secret-safe-log` feature (on by default in every runtime) turns on `log`'s
+//! `max_level_debug`: in an application that uses it, no `log` record above DEBUG exists at
+//! all (from any crate; `tracing` events are not affected, and a `release_max_level_*` feature
+//! set by the application would win in release builds).
 //! `tests/tests/secrets.rs` puts hex dumps back together and fails if a secret is in one.
 
 use std::io::Read;
