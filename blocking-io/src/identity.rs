@@ -2,7 +2,7 @@
 //! the core's [`IdentityExecutor`]
 
 use std::future::Future;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use redis_entraid_core::error::{FetchError, TransportError};
 use redis_entraid_core::identity::cli::{CommandOutput, CommandSpec};
@@ -101,13 +101,7 @@ impl Backends for ThreadBackends {
     }
 
     fn context(&self) -> Result<FetchContext, FetchError> {
-        let mut seed = [0u8; 32];
-        getrandom::getrandom(&mut seed).map_err(|e| {
-            FetchError::from(TransportError::permanent(format!(
-                "the OS random source failed: {e}"
-            )))
-        })?;
-        Ok(FetchContext::new(SystemTime::now(), seed))
+        crate::fetch_context()
     }
 
     async fn send(

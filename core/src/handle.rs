@@ -133,3 +133,60 @@ macro_rules! provider_handle_methods {
         }
     };
 }
+
+/// Queue length of each event receiver unless a builder sets another
+pub const DEFAULT_EVENT_CAPACITY: usize = 256;
+
+/// What every runtime's `ProviderBuilder` collects before it starts a provider
+#[derive(Clone, Debug, Default)]
+pub struct ProviderSettings {
+    /// Refresh, retry and timeout settings
+    pub config: Config,
+    /// What building waits for
+    pub startup: crate::startup::Startup,
+    /// Queue length of each event receiver (`None`: [`DEFAULT_EVENT_CAPACITY`])
+    pub event_capacity: Option<usize>,
+    /// TLS settings of the default HTTP client
+    pub http: crate::identity::HttpConfig,
+}
+
+impl ProviderSettings {
+    /// The event queue length to use (at least one)
+    pub fn event_capacity(&self) -> usize {
+        self.event_capacity.unwrap_or(DEFAULT_EVENT_CAPACITY).max(1)
+    }
+}
+
+/// Writes a runtime `ProviderBuilder`'s setters into its `impl` block; `$settings` names its
+/// [`ProviderSettings`] field
+#[macro_export]
+macro_rules! provider_builder_methods {
+    ($settings:ident) => {
+        /// Refresh, retry and timeout settings
+        pub fn config(mut self, config: $crate::config::Config) -> Self {
+            self.$settings.config = config;
+            self
+        }
+
+        /// What [`build`](Self::build) waits for
+        pub fn startup(mut self, startup: $crate::startup::Startup) -> Self {
+            self.$settings.startup = startup;
+            self
+        }
+
+        /// Queue length of each `Provider::events` receiver (default 256); a subscriber that
+        /// falls further behind loses its oldest events rather than slowing anyone down
+        /// (`Provider::dropped_events` counts them)
+        pub fn event_capacity(mut self, capacity: usize) -> Self {
+            self.$settings.event_capacity = ::std::option::Option::Some(capacity);
+            self
+        }
+
+        /// TLS settings for identity requests made by [`build`](Self::build) (extra root CAs;
+        /// `SSL_CERT_FILE` is honoured anyway); a fetcher of your own brings its own client
+        pub fn http(mut self, http: $crate::identity::HttpConfig) -> Self {
+            self.$settings.http = http;
+            self
+        }
+    };
+}

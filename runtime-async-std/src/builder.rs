@@ -1,16 +1,16 @@
 //! Building a provider: settings, the token source, the spawn hook, the startup policy
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
-use redis_entraid_blocking_io::{Fetcher, HttpConfig, IdentityFetcher};
+use redis_entraid_blocking_io::{Fetcher, IdentityFetcher};
 use redis_entraid_core::command::{Signals, COMMAND_CAPACITY};
-use redis_entraid_core::config::Config;
+use redis_entraid_core::handle::ProviderSettings;
 use redis_entraid_core::identity::chain::DefaultChain;
 use redis_entraid_core::identity::TokenSource;
 use redis_entraid_core::machine::TokenManager;
 use redis_entraid_core::metrics::Recorder;
-use redis_entraid_core::startup::{Startup, StartupError};
+use redis_entraid_core::startup::StartupError;
 
 use crate::driver::{run, Driver, Parts};
 use crate::provider::{Inner, Provider};
@@ -19,44 +19,19 @@ use crate::shared::Shared;
 /// Builds a [`Provider`]
 #[derive(Clone, Debug, Default)]
 pub struct ProviderBuilder {
-    config: Config,
-    startup: Startup,
-    event_capacity: Option<usize>,
-    http: HttpConfig,
+    settings: ProviderSettings,
 }
 
 impl ProviderBuilder {
-    /// Refresh, retry and timeout settings
-    pub fn config(mut self, config: Config) -> Self {
-        self.config = config;
-        self
-    }
-
-    /// What [`build`](Self::build) waits for
-    pub fn startup(mut self, startup: Startup) -> Self {
-        self.startup = startup;
-        self
-    }
-
-    /// Queue length of each [`Provider::events`] receiver (default 256); a subscriber that
-    /// falls further behind loses its oldest events rather than slowing anyone down
-    pub fn event_capacity(mut self, capacity: usize) -> Self {
-        self.event_capacity = Some(capacity);
-        self
-    }
-
-    /// TLS settings for identity requests (extra root CAs; `SSL_CERT_FILE` is honoured anyway)
-    pub fn http(mut self, http: HttpConfig) -> Self {
-        self.http = http;
-        self
-    }
+    redis_entraid_core::provider_builder_methods!(settings);
 
     /// The provider and its driver for any Entra ID identity flow, without spawning or waiting
     ///
     /// # Errors
     /// [`StartupError::Http`] when a CA file (or `SSL_CERT_FILE`) cannot be read.
     pub fn start(self, source: TokenSource) -> Result<(Provider, Driver), StartupError> {
-        let fetcher = IdentityFetcher::new(source, &self.http).map_err(StartupError::Http)?;
+        let fetcher =
+            IdentityFetcher::new(source, &self.settings.http).map_err(StartupError::Http)?;
         Ok(self.start_with_fetcher(fetcher))
     }
 
@@ -65,8 +40,7 @@ impl ProviderBuilder {
         let shared = Arc::new(Shared::new());
         let (tx, rx) = async_channel::bounded(COMMAND_CAPACITY);
         let signals = Arc::new(Signals::default());
-        let (mut events, inactive) =
-            async_broadcast::broadcast(self.event_capacity.unwrap_or(256).max(1));
+        let (mut events, inactive) = async_broadcast::broadcast(self.settings.event_capacity());
         events.set_overflow(true);
         let inactive = inactive.deactivate();
         #[cfg(feature = "redis")]
@@ -77,7 +51,10 @@ impl ProviderBuilder {
         let reported = None;
         let metrics = Recorder::new(fetcher.name(), reported);
         let run = run(Parts {
-            machine: TokenManager::new(seeded(self.config.clone()), Instant::now()),
+            machine: TokenManager::new(
+                redis_entraid_blocking_io::seeded(self.settings.config.clone()),
+                Instant::now(),
+            ),
             fetcher: Arc::new(fetcher),
             shared: Arc::clone(&shared),
             inputs: rx,
@@ -92,7 +69,7 @@ impl ProviderBuilder {
                 commands: tx,
                 signals,
                 events: inactive,
-                config: self.config,
+                config: self.settings.config,
                 #[cfg(feature = "redis")]
                 fan_out,
             }),
@@ -126,7 +103,7 @@ impl ProviderBuilder {
         source: TokenSource,
         spawn: impl FnOnce(Driver),
     ) -> Result<Provider, StartupError> {
-        let startup = self.startup;
+        let startup = self.settings.startup;
         let (provider, driver) = self.start(source)?;
         spawn(driver);
         provider.apply_startup(startup).await.map(|()| provider)
@@ -141,7 +118,8 @@ impl ProviderBuilder {
         self,
         spawn: impl FnOnce(Driver),
     ) -> Result<Provider, StartupError> {
-        let chain = DefaultChain::try_from_env(&ProcessEnv).map_err(StartupError::Config)?;
+        let chain = DefaultChain::try_from_env(&redis_entraid_blocking_io::ProcessEnv)
+            .map_err(StartupError::Config)?;
         self.build(TokenSource::DefaultChain(chain), spawn).await
     }
 
@@ -154,34 +132,9 @@ impl ProviderBuilder {
         fetcher: impl Fetcher,
         spawn: impl FnOnce(Driver),
     ) -> Result<Provider, StartupError> {
-        let startup = self.startup;
+        let startup = self.settings.startup;
         let (provider, driver) = self.start_with_fetcher(fetcher);
         spawn(driver);
         provider.apply_startup(startup).await.map(|()| provider)
-    }
-}
-
-/// fleet do not retry and refresh in lockstep (an explicit `rng_seed` is kept)
-fn seeded(config: Config) -> Config {
-    let mut seed = [0u8; 8];
-    if getrandom::getrandom(&mut seed).is_err() {
-        // No OS entropy (very rare): the process id and the clock still differ across a fleet.
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        seed = (u64::from(std::process::id()) << 32 | u64::from(nanos)).to_le_bytes();
-    }
-    config.with_seed_if_unset(u64::from_le_bytes(seed))
-}
-
-/// The process environment, read one variable at a time as the flows ask for it
-///
-/// Not a copy of `std::env::vars()`: that would hold every variable, `AZURE_CLIENT_SECRET` and
-/// `IDENTITY_HEADER` included, in plain strings that are never wiped.
-struct ProcessEnv;
-
-impl redis_entraid_core::identity::env::EnvSource for ProcessEnv {
-    fn get(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
     }
 }

@@ -14,7 +14,7 @@ use async_channel::{Receiver, Sender, TrySendError};
 use futures_lite::future;
 use redis_entraid_blocking_io::Fetcher;
 use redis_entraid_core::command::{Command, DriverInput, Signals, Wake};
-use redis_entraid_core::event::{Action, Event, Severity};
+use redis_entraid_core::event::{Action, Event};
 use redis_entraid_core::machine::TokenManager;
 use redis_entraid_core::metrics::Recorder;
 
@@ -160,23 +160,12 @@ fn drain(
             // Connections read the new credentials from the shared state.
             Action::Reauthenticate { .. } => {}
             Action::Event(event) => {
-                log_event(&event, now);
+                redis_entraid_blocking_io::log_event!(&event, now);
                 // Overflow mode: a full queue drops its oldest event; this never waits.
                 if let Ok(Some(_)) = events.try_broadcast(event) {
                     shared.dropped_events.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
-    }
-}
-
-/// Logs `event` at its severity (the line is the core's, the same in every runtime)
-fn log_event(event: &Event, now: Instant) {
-    let line = event.describe(now);
-    match event.severity() {
-        Severity::Debug => tracing::debug!("{line}"),
-        Severity::Info => tracing::info!("{line}"),
-        Severity::Warn => tracing::warn!("{line}"),
-        Severity::Error => tracing::error!("{line}"),
     }
 }

@@ -2,16 +2,16 @@
 
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
-use redis_entraid_blocking_io::{Fetcher, HttpConfig, IdentityFetcher};
+use redis_entraid_blocking_io::{Fetcher, IdentityFetcher};
 use redis_entraid_core::command::{Signals, COMMAND_CAPACITY};
-use redis_entraid_core::config::Config;
+use redis_entraid_core::handle::ProviderSettings;
 use redis_entraid_core::identity::chain::DefaultChain;
 use redis_entraid_core::identity::TokenSource;
 use redis_entraid_core::machine::TokenManager;
 use redis_entraid_core::metrics::Recorder;
-use redis_entraid_core::startup::{Startup, StartupError};
+use redis_entraid_core::startup::StartupError;
 
 use crate::driver::Driver;
 use crate::provider::{Inner, Provider};
@@ -20,37 +20,11 @@ use crate::watch::Shared;
 /// Builds a [`Provider`]
 #[derive(Clone, Debug, Default)]
 pub struct ProviderBuilder {
-    config: Config,
-    startup: Startup,
-    event_capacity: Option<usize>,
-    http: HttpConfig,
+    settings: ProviderSettings,
 }
 
 impl ProviderBuilder {
-    /// Refresh, retry and timeout settings
-    pub fn config(mut self, config: Config) -> Self {
-        self.config = config;
-        self
-    }
-
-    /// What [`build`](Self::build) waits for
-    pub fn startup(mut self, startup: Startup) -> Self {
-        self.startup = startup;
-        self
-    }
-
-    /// Queue length of each [`Provider::events`] receiver (default 256); a subscriber that
-    /// falls further behind loses events rather than slowing anyone down
-    pub fn event_capacity(mut self, capacity: usize) -> Self {
-        self.event_capacity = Some(capacity);
-        self
-    }
-
-    /// TLS settings for identity requests (extra root CAs; `SSL_CERT_FILE` is honoured anyway)
-    pub fn http(mut self, http: HttpConfig) -> Self {
-        self.http = http;
-        self
-    }
+    redis_entraid_core::provider_builder_methods!(settings);
 
     /// Starts a provider that gets its tokens through `source`, any Entra ID identity flow
     ///
@@ -71,7 +45,8 @@ impl ProviderBuilder {
     /// [`StartupError`] when the HTTP client cannot be set up, the thread cannot start, or the
     /// startup policy is not met (the driver is then shut down).
     pub fn build(self, source: TokenSource) -> Result<Provider, StartupError> {
-        let fetcher = IdentityFetcher::new(source, &self.http).map_err(StartupError::Http)?;
+        let fetcher =
+            IdentityFetcher::new(source, &self.settings.http).map_err(StartupError::Http)?;
         self.build_with_fetcher(fetcher)
     }
 
@@ -84,7 +59,8 @@ impl ProviderBuilder {
     /// `AZURE_TOKEN_CREDENTIALS`), otherwise as [`build`](Self::build); when no identity works,
     /// the error lists what each step of the chain tried and why it failed.
     pub fn build_from_env(self) -> Result<Provider, StartupError> {
-        let chain = DefaultChain::try_from_env(&ProcessEnv).map_err(StartupError::Config)?;
+        let chain = DefaultChain::try_from_env(&redis_entraid_blocking_io::ProcessEnv)
+            .map_err(StartupError::Config)?;
         self.build(TokenSource::DefaultChain(chain))
     }
 
@@ -101,7 +77,10 @@ impl ProviderBuilder {
         let driver = Driver {
             metrics: Recorder::new(source.name(), Some(Arc::clone(&fan_out))),
             signals: Arc::clone(&signals),
-            machine: TokenManager::new(seeded(self.config.clone()), Instant::now()),
+            machine: TokenManager::new(
+                redis_entraid_blocking_io::seeded(self.settings.config.clone()),
+                Instant::now(),
+            ),
             source: Arc::new(source),
             shared: Arc::clone(&shared),
             inputs: rx,
@@ -117,12 +96,12 @@ impl ProviderBuilder {
                 commands: tx,
                 signals,
                 thread: Some(thread),
-                config: self.config,
-                event_capacity: self.event_capacity.unwrap_or(256),
+                event_capacity: self.settings.event_capacity(),
+                config: self.settings.config,
                 fan_out,
             }),
         };
-        let startup = self.startup;
+        let startup = self.settings.startup;
         let shared = &provider.inner.shared;
         match shared.wait_until(startup.wait_limit(), |o| startup.verdict(o)) {
             Some(Ok(())) => Ok(provider),
@@ -130,31 +109,5 @@ impl ProviderBuilder {
             Some(Err(e)) => Err(e),
             None => Err(startup.timed_out(&shared.lock())),
         }
-    }
-}
-
-/// `config` with a jitter seed drawn from the OS when the user set none, so the processes of a
-/// fleet do not retry and refresh in lockstep (an explicit `rng_seed` is kept)
-fn seeded(config: Config) -> Config {
-    let mut seed = [0u8; 8];
-    if getrandom::getrandom(&mut seed).is_err() {
-        // No OS entropy (very rare): the process id and the clock still differ across a fleet.
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        seed = (u64::from(std::process::id()) << 32 | u64::from(nanos)).to_le_bytes();
-    }
-    config.with_seed_if_unset(u64::from_le_bytes(seed))
-}
-
-/// The process environment, read one variable at a time as the flows ask for it
-///
-/// Not a copy of `std::env::vars()`: that would hold every variable, `AZURE_CLIENT_SECRET` and
-/// `IDENTITY_HEADER` included, in plain strings that are never wiped.
-struct ProcessEnv;
-
-impl redis_entraid_core::identity::env::EnvSource for ProcessEnv {
-    fn get(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
     }
 }

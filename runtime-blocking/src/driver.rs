@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime};
 use redis_entraid_blocking_io::Fetcher;
 use redis_entraid_core::command::{Command, DriverInput, Signals, Wake};
 use redis_entraid_core::error::{FetchError, TransportError};
-use redis_entraid_core::event::{Action, Event, RequestId, Severity};
+use redis_entraid_core::event::{Action, RequestId};
 use redis_entraid_core::machine::TokenManager;
 use redis_entraid_core::metrics::Recorder;
 
@@ -88,7 +88,7 @@ impl Driver {
                 // Connections read the new credentials from the shared state.
                 Action::Reauthenticate { .. } => {}
                 Action::Event(event) => {
-                    log_event(&event, now);
+                    redis_entraid_blocking_io::log_event!(&event, now);
                     self.shared.publish_event(&event);
                 }
             }
@@ -130,16 +130,5 @@ impl Driver {
                 .with_source(e)
                 .into()
         })
-    }
-}
-
-/// Logs `event` at its severity (the line is the core's, the same in every runtime)
-fn log_event(event: &Event, now: Instant) {
-    let line = event.describe(now);
-    match event.severity() {
-        Severity::Debug => tracing::debug!("{line}"),
-        Severity::Info => tracing::info!("{line}"),
-        Severity::Warn => tracing::warn!("{line}"),
-        Severity::Error => tracing::error!("{line}"),
     }
 }

@@ -2,14 +2,13 @@
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use redis_entraid_core::command::{Signals, COMMAND_CAPACITY};
-use redis_entraid_core::config::Config;
+use redis_entraid_core::handle::ProviderSettings;
 use redis_entraid_core::machine::TokenManager;
 use redis_entraid_core::metrics::Recorder;
 use redis_entraid_core::observed::Observed;
-use redis_entraid_core::startup::{Startup, StartupError};
+use redis_entraid_core::startup::StartupError;
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::driver::Driver;
@@ -19,39 +18,11 @@ use crate::source::Fetcher;
 /// Builds a [`Provider`]
 #[derive(Clone, Debug, Default)]
 pub struct ProviderBuilder {
-    config: Config,
-    startup: Startup,
-    event_capacity: Option<usize>,
-    http: redis_entraid_core::identity::HttpConfig,
+    settings: ProviderSettings,
 }
 
 impl ProviderBuilder {
-    /// Refresh, retry and timeout settings
-    pub fn config(mut self, config: Config) -> Self {
-        self.config = config;
-        self
-    }
-
-    /// What [`build`](Self::build) waits for
-    pub fn startup(mut self, startup: Startup) -> Self {
-        self.startup = startup;
-        self
-    }
-
-    /// Queue length of each [`Provider::events`] receiver (default 256); a subscriber that
-    /// falls further behind loses the oldest events (it sees `RecvError::Lagged`) rather than
-    /// slowing anyone down
-    pub fn event_capacity(mut self, capacity: usize) -> Self {
-        self.event_capacity = Some(capacity);
-        self
-    }
-
-    /// TLS settings for identity requests made by [`build`](Self::build) (extra root CAs;
-    /// `SSL_CERT_FILE` is honoured anyway); a fetcher of your own brings its own client
-    pub fn http(mut self, http: redis_entraid_core::identity::HttpConfig) -> Self {
-        self.http = http;
-        self
-    }
+    redis_entraid_core::provider_builder_methods!(settings);
 
     /// Starts a provider that gets its tokens through `source`, any Entra ID identity flow,
     /// over the default HTTP client: spawns the driver task, then applies the startup policy
@@ -79,8 +50,8 @@ impl ProviderBuilder {
         self,
         source: redis_entraid_core::identity::TokenSource,
     ) -> Result<Provider, StartupError> {
-        let client =
-            crate::http::HttpClient::from_config(&self.http).map_err(StartupError::Http)?;
+        let client = crate::http::HttpClient::from_config(&self.settings.http)
+            .map_err(StartupError::Http)?;
         let identity = crate::source::Identity::with_client(source, client);
         self.build_with_fetcher(identity).await
     }
@@ -132,7 +103,7 @@ impl ProviderBuilder {
             ))
         })?;
         let (state_tx, state_rx) = watch::channel(Observed::default());
-        let capacity = self.event_capacity.unwrap_or(256).max(1);
+        let capacity = self.settings.event_capacity();
         let (events, _) = broadcast::channel(capacity);
         let (commands, commands_rx) = mpsc::channel(COMMAND_CAPACITY);
         let signals = Arc::new(Signals::default());
@@ -145,7 +116,10 @@ impl ProviderBuilder {
         let reported = None;
         let driver = Driver {
             metrics: Recorder::new(source.name(), reported),
-            machine: TokenManager::new(seeded(self.config.clone()), now()),
+            machine: TokenManager::new(
+                redis_entraid_blocking_io::seeded(self.settings.config.clone()),
+                now(),
+            ),
             source: Arc::new(source),
             state: state_tx,
             events: events.clone(),
@@ -163,13 +137,13 @@ impl ProviderBuilder {
                 signals,
                 events,
                 dropped_events,
-                config: self.config,
+                config: self.settings.config,
                 task,
                 #[cfg(feature = "redis")]
                 fan_out,
             }),
         };
-        let startup = self.startup;
+        let startup = self.settings.startup;
         let mut state = provider.inner.state.clone();
         let verdict = state.wait_for(|o| startup.verdict(o).is_some());
         let verdict = match startup.wait_limit() {
@@ -187,18 +161,4 @@ impl ProviderBuilder {
         // Dropping the provider on an error shuts the driver down.
         outcome.map(|()| provider)
     }
-}
-
-/// `config` with a jitter seed drawn from the OS when the user set none, so the processes of a
-/// fleet do not retry and refresh in lockstep (an explicit `rng_seed` is kept)
-fn seeded(config: Config) -> Config {
-    let mut seed = [0u8; 8];
-    if getrandom::getrandom(&mut seed).is_err() {
-        // No OS entropy (very rare): the process id and the clock still differ across a fleet.
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        seed = (u64::from(std::process::id()) << 32 | u64::from(nanos)).to_le_bytes();
-    }
-    config.with_seed_if_unset(u64::from_le_bytes(seed))
 }

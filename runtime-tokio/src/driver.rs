@@ -7,7 +7,7 @@ use std::time::{Instant, SystemTime};
 
 use redis_entraid_core::command::{Command, Signals};
 use redis_entraid_core::error::FetchError;
-use redis_entraid_core::event::{Action, Event, RequestId, Severity};
+use redis_entraid_core::event::{Action, Event, RequestId};
 use redis_entraid_core::machine::TokenManager;
 use redis_entraid_core::metrics::Recorder;
 use redis_entraid_core::observed::Observed;
@@ -121,7 +121,7 @@ impl Driver {
                 // Connections read the new credentials from the watch channel.
                 Action::Reauthenticate { .. } => {}
                 Action::Event(event) => {
-                    log_event(&event, now);
+                    redis_entraid_blocking_io::log_event!(&event, now);
                     // A full queue makes its laggiest receiver lose its oldest event.
                     if self.events.len() >= self.event_capacity {
                         self.dropped_events.fetch_add(1, Ordering::Relaxed);
@@ -153,16 +153,5 @@ impl Driver {
             };
             (id, result, SystemTime::now())
         }));
-    }
-}
-
-/// Logs `event` at its severity (the line is the core's, the same in every runtime)
-fn log_event(event: &Event, now: Instant) {
-    let line = event.describe(now);
-    match event.severity() {
-        Severity::Debug => tracing::debug!("{line}"),
-        Severity::Info => tracing::info!("{line}"),
-        Severity::Warn => tracing::warn!("{line}"),
-        Severity::Error => tracing::error!("{line}"),
     }
 }

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use redis_entraid_core::error::{FetchError, TransportError};
 use redis_entraid_core::identity::chain::DefaultChain;
@@ -134,19 +134,7 @@ impl Identity<crate::http::HttpClient> {
 /// (an unknown `AZURE_TOKEN_CREDENTIALS`), refused here as the Azure SDKs refuse it at
 /// construction.
 pub fn default_chain_from_env() -> Result<CoreSource, redis_entraid_core::error::ConfigError> {
-    DefaultChain::try_from_env(&ProcessEnv).map(CoreSource::DefaultChain)
-}
-
-/// The process environment, read one variable at a time as the flows ask for it
-///
-/// Not a copy of `std::env::vars()`: that would hold every variable, `AZURE_CLIENT_SECRET` and
-/// `IDENTITY_HEADER` included, in plain strings that are never wiped.
-struct ProcessEnv;
-
-impl redis_entraid_core::identity::env::EnvSource for ProcessEnv {
-    fn get(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
-    }
+    DefaultChain::try_from_env(&redis_entraid_blocking_io::ProcessEnv).map(CoreSource::DefaultChain)
 }
 
 impl<C: AsyncHttpClient> Identity<C> {
@@ -202,14 +190,7 @@ impl<C: AsyncHttpClient> Backends for TokioBackends<C> {
     }
 
     fn context(&self) -> Result<FetchContext, FetchError> {
-        let mut seed = [0u8; 32];
-        getrandom::getrandom(&mut seed).map_err(|e| {
-            FetchError::from(TransportError::permanent(format!(
-                "the operating system's random source failed: {e}"
-            )))
-        })?;
-        Ok(FetchContext::new(SystemTime::now(), seed)
-            .with_local_utc_offset_seconds(local_offset_seconds()))
+        redis_entraid_blocking_io::fetch_context()
     }
 
     async fn send(
@@ -275,12 +256,6 @@ impl<C: AsyncHttpClient> Backends for TokioBackends<C> {
             .into()),
         }
     }
-}
-
-fn local_offset_seconds() -> i32 {
-    // `time` refuses to read the local offset when it cannot do so soundly (several threads
-    // on some platforms); UTC is then the answer, as the core's default.
-    time::UtcOffset::current_local_offset().map_or(0, |o| o.whole_seconds())
 }
 
 /// Runs `job` (blocking I/O of blocking-io) on tokio's blocking pool
