@@ -202,7 +202,7 @@ async fn our_provider(env: &Env) -> Result<Provider, String> {
     Provider::builder()
         .config(config)
         .startup(Startup::Wait(Duration::from_secs(30)))
-        .build(identity)
+        .build_with_fetcher(identity)
         .await
         .map_err(|e| e.to_string())
 }
