@@ -3,10 +3,10 @@
 //! A runtime's handle reads the [`Observed`] state its driver publishes and hands
 //! [`Command`]s to the driver; how it stores the one and delivers the other is the runtime's
 //! (a `watch` channel, a mutex and a condition variable, an event listener...). It says how
-//! through [`ProviderParts`], and [`provider_handle_methods!`](crate::provider_handle_methods)
-//! writes the methods that only read or send (`credentials`, `current`, `credentials_age`,
-//! `status`, `last_error`, `config`, `refresh_now`, `report_reauth`) into its `impl Provider`,
-//! with their documentation, so the three runtimes cannot drift apart on them.
+//! through [`ProviderParts`], and [`provider_handle!`](crate::provider_handle) writes the
+//! methods that only read or send (`builder`, `credentials`, `current`, `credentials_age`,
+//! `status`, `last_error`, `config`, `refresh_now`, `report_reauth`) and its `Debug`, with
+//! their documentation, so the three runtimes cannot drift apart on them.
 
 use std::time::Instant;
 
@@ -30,8 +30,9 @@ pub trait ProviderParts {
     fn now(&self) -> Instant;
 }
 
-/// Writes a runtime `Provider`'s read-and-send methods into its `impl` block; `$parts` names
-/// the field (a smart pointer to a [`ProviderParts`]) they go through
+/// Writes a runtime `Provider`'s `builder()`, its read-and-send methods and its `Debug`;
+/// `$parts` names the field (a smart pointer to a [`ProviderParts`]) they go through, `$builder`
+/// the runtime's builder type (`Default`)
 ///
 /// ```
 /// use std::sync::Arc;
@@ -50,86 +51,104 @@ pub trait ProviderParts {
 ///     fn now(&self) -> Instant { unreachable!("a runtime reads its clock here") }
 /// }
 ///
+/// /// A builder
+/// #[derive(Default)]
+/// pub struct ProviderBuilder;
+///
 /// /// A handle
 /// pub struct Provider { inner: Arc<Parts> }
 ///
-/// impl Provider {
-///     redis_entraid_core::provider_handle_methods!(inner);
-/// }
+/// redis_entraid_core::provider_handle!(Provider, ProviderBuilder, inner);
 ///
 /// let provider = Provider { inner: Arc::new(Parts { state: Observed::default(), config: Config::default() }) };
 /// assert!(provider.credentials().is_none());
 /// ```
 #[macro_export]
-macro_rules! provider_handle_methods {
-    ($parts:ident) => {
-        /// The latest credentials, if a token has arrived (check [`status`](Self::status) for
-        /// whether they expired)
-        pub fn credentials(&self) -> ::std::option::Option<$crate::token::Credentials> {
-            $crate::handle::ProviderParts::observe(&*self.$parts, |o| {
-                o.latest().map(|(_, c)| c.clone())
-            })
+macro_rules! provider_handle {
+    ($provider:ident, $builder:ident, $parts:ident) => {
+        impl ::std::fmt::Debug for $provider {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.debug_struct(::std::stringify!($provider))
+                    .field("status", &self.status())
+                    .finish_non_exhaustive()
+            }
         }
 
-        /// The latest credentials and their generation
-        pub fn current(
-            &self,
-        ) -> ::std::option::Option<($crate::event::Generation, $crate::token::Credentials)> {
-            $crate::handle::ProviderParts::observe(&*self.$parts, |o| o.latest().cloned())
-        }
+        impl $provider {
+            /// A builder with the default configuration and startup policy
+            pub fn builder() -> $builder {
+                <$builder as ::std::default::Default>::default()
+            }
 
-        /// How long ago the latest credentials arrived
-        pub fn credentials_age(&self) -> ::std::option::Option<::std::time::Duration> {
-            let parts = &*self.$parts;
-            let received = $crate::handle::ProviderParts::observe(parts, |o| o.received())?;
-            ::std::option::Option::Some(
-                $crate::handle::ProviderParts::now(parts).saturating_duration_since(received),
-            )
-        }
+            /// The latest credentials, if a token has arrived (check [`status`](Self::status) for
+            /// whether they expired)
+            pub fn credentials(&self) -> ::std::option::Option<$crate::token::Credentials> {
+                $crate::handle::ProviderParts::observe(&*self.$parts, |o| {
+                    o.latest().map(|(_, c)| c.clone())
+                })
+            }
 
-        /// Where the machine stands
-        pub fn status(&self) -> $crate::event::Status {
-            $crate::handle::ProviderParts::observe(&*self.$parts, |o| o.status())
-        }
+            /// The latest credentials and their generation
+            pub fn current(
+                &self,
+            ) -> ::std::option::Option<($crate::event::Generation, $crate::token::Credentials)>
+            {
+                $crate::handle::ProviderParts::observe(&*self.$parts, |o| o.latest().cloned())
+            }
 
-        /// The last fetch error since the last success, if any
-        pub fn last_error(&self) -> ::std::option::Option<$crate::error::FetchError> {
-            $crate::handle::ProviderParts::observe(&*self.$parts, |o| o.last_error().cloned())
-        }
+            /// How long ago the latest credentials arrived
+            pub fn credentials_age(&self) -> ::std::option::Option<::std::time::Duration> {
+                let parts = &*self.$parts;
+                let received = $crate::handle::ProviderParts::observe(parts, |o| o.received())?;
+                ::std::option::Option::Some(
+                    $crate::handle::ProviderParts::now(parts).saturating_duration_since(received),
+                )
+            }
 
-        /// The configuration
-        pub fn config(&self) -> &$crate::config::Config {
-            $crate::handle::ProviderParts::config(&*self.$parts)
-        }
+            /// Where the machine stands
+            pub fn status(&self) -> $crate::event::Status {
+                $crate::handle::ProviderParts::observe(&*self.$parts, |o| o.status())
+            }
 
-        /// Fetches a new token as soon as the minimum refresh interval allows
-        ///
-        /// Never waits, and requests coalesce: any number of calls before the driver gets to
-        /// them count as one (the machine would coalesce them anyway).
-        pub fn refresh_now(&self) {
-            $crate::handle::ProviderParts::deliver(
-                &*self.$parts,
-                $crate::command::Command::RefreshNow,
-            );
-        }
+            /// The last fetch error since the last success, if any
+            pub fn last_error(&self) -> ::std::option::Option<$crate::error::FetchError> {
+                $crate::handle::ProviderParts::observe(&*self.$parts, |o| o.last_error().cloned())
+            }
 
-        /// Reports how a connection took the credentials of `generation`; a rejection of the
-        /// token (`WRONGPASS`, `NOAUTH`) makes the driver fetch a fresh one
-        ///
-        /// Never waits. Reports queue up to 64 deep; beyond that (many connections failing at
-        /// once, faster than the driver reads) a report is dropped, with its
-        /// [`Event::ReauthFailed`]($crate::event::Event::ReauthFailed), but a dropped rejection
-        /// still makes the driver fetch a fresh token. Only failures for the current generation
-        /// change anything.
-        pub fn report_reauth(
-            &self,
-            generation: $crate::event::Generation,
-            result: ::std::result::Result<(), $crate::error::ReauthError>,
-        ) {
-            $crate::handle::ProviderParts::deliver(
-                &*self.$parts,
-                $crate::command::Command::Reauth { generation, result },
-            );
+            /// The configuration
+            pub fn config(&self) -> &$crate::config::Config {
+                $crate::handle::ProviderParts::config(&*self.$parts)
+            }
+
+            /// Fetches a new token as soon as the minimum refresh interval allows
+            ///
+            /// Never waits, and requests coalesce: any number of calls before the driver gets to
+            /// them count as one (the machine would coalesce them anyway).
+            pub fn refresh_now(&self) {
+                $crate::handle::ProviderParts::deliver(
+                    &*self.$parts,
+                    $crate::command::Command::RefreshNow,
+                );
+            }
+
+            /// Reports how a connection took the credentials of `generation`; a rejection of the
+            /// token (`WRONGPASS`, `NOAUTH`) makes the driver fetch a fresh one
+            ///
+            /// Never waits. Reports queue up to 64 deep; beyond that (many connections failing at
+            /// once, faster than the driver reads) a report is dropped, with its
+            /// [`Event::ReauthFailed`]($crate::event::Event::ReauthFailed), but a dropped rejection
+            /// still makes the driver fetch a fresh token. Only failures for the current generation
+            /// change anything.
+            pub fn report_reauth(
+                &self,
+                generation: $crate::event::Generation,
+                result: ::std::result::Result<(), $crate::error::ReauthError>,
+            ) {
+                $crate::handle::ProviderParts::deliver(
+                    &*self.$parts,
+                    $crate::command::Command::Reauth { generation, result },
+                );
+            }
         }
     };
 }

@@ -62,20 +62,9 @@ pub struct Provider {
     pub(crate) inner: Arc<Inner>,
 }
 
-impl fmt::Debug for Provider {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Provider")
-            .field("status", &self.status())
-            .finish_non_exhaustive()
-    }
-}
+redis_entraid_core::provider_handle!(Provider, ProviderBuilder, inner);
 
 impl Provider {
-    /// A builder with the default configuration and startup policy
-    pub fn builder() -> ProviderBuilder {
-        ProviderBuilder::default()
-    }
-
     /// The default chain from the environment, default settings, waiting up to 30 s for the
     /// first token; the driver is handed to `spawn`
     ///
@@ -99,8 +88,6 @@ impl Provider {
         }
         outcome
     }
-
-    redis_entraid_core::provider_handle_methods!(inner);
 
     /// Waits up to `timeout` for credentials newer than `generation` (any, for `None`);
     /// `None` when none arrive in time or the provider has stopped

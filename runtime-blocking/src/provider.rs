@@ -1,6 +1,5 @@
 //! The provider: one driver thread running the core's machine, and cheap cloneable handles
 
-use std::fmt;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -65,20 +64,9 @@ pub struct Provider {
     pub(crate) inner: Arc<Inner>,
 }
 
-impl fmt::Debug for Provider {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Provider")
-            .field("status", &self.status())
-            .finish_non_exhaustive()
-    }
-}
+redis_entraid_core::provider_handle!(Provider, ProviderBuilder, inner);
 
 impl Provider {
-    /// A builder with the default configuration and startup policy
-    pub fn builder() -> ProviderBuilder {
-        ProviderBuilder::default()
-    }
-
     /// The default chain from the environment, default settings, waiting up to 30 s for the
     /// first token
     ///
@@ -87,8 +75,6 @@ impl Provider {
     pub fn from_env() -> Result<Provider, StartupError> {
         Self::builder().build_from_env()
     }
-
-    redis_entraid_core::provider_handle_methods!(inner);
 
     /// Waits up to `timeout` for credentials newer than `generation` (any, for `None`);
     /// `None` when none arrive in time or the provider has stopped

@@ -74,20 +74,9 @@ pub struct Provider {
     pub(crate) inner: Arc<Inner>,
 }
 
-impl fmt::Debug for Provider {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Provider")
-            .field("status", &self.status())
-            .finish_non_exhaustive()
-    }
-}
+redis_entraid_core::provider_handle!(Provider, ProviderBuilder, inner);
 
 impl Provider {
-    /// A builder with the default configuration and startup policy
-    pub fn builder() -> ProviderBuilder {
-        ProviderBuilder::default()
-    }
-
     /// A provider over the default chain configured from this process's environment
     /// variables (environment service principal, workload identity, managed identity, Azure
     /// CLI, azd), with the default configuration and startup policy and the default HTTP client
@@ -98,8 +87,6 @@ impl Provider {
     pub async fn from_env() -> Result<Provider, crate::StartupError> {
         Provider::builder().build_from_env().await
     }
-
-    redis_entraid_core::provider_handle_methods!(inner);
 
     /// Waits up to `timeout` for credentials newer than `generation` (any, for `None`);
     /// `None` when none arrive in time or the provider has stopped
