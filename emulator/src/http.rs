@@ -70,7 +70,12 @@ pub(crate) async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, state
     let scheme = if tls.is_some() { "https" } else { "http" };
     loop {
         let stream = match listener.accept().await {
-            Ok((s, _)) => s,
+            Ok((s, _)) => {
+                // As the Azure front ends do: without it a response the server writes in two
+                // segments waits for the client's delayed ACK (up to 40 ms on Linux).
+                let _ = s.set_nodelay(true);
+                s
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;

@@ -431,6 +431,21 @@ async fn subject(
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
     res.floors.extend(floor().await);
+    // Ours only: when the provider published each new token (its driver's hand-off to the
+    // connections), to split the fan-out into issue → publish and publish → last AUTH.
+    let published: std::sync::Arc<Mutex<Vec<Instant>>> = Default::default();
+    if let Some((p, _)) = &ours {
+        let mut sub = p.subscribe();
+        let _ = sub.next_if_changed();
+        let published = std::sync::Arc::clone(&published);
+        tokio::spawn(async move {
+            while sub.changed().await.is_some() {
+                if let Ok(mut v) = published.lock() {
+                    v.push(Instant::now());
+                }
+            }
+        });
+    }
     let mut last_token = first;
     for _ in 0..args.rotations {
         // The rotation's token: due one cycle after the last; the other subject's tokens
@@ -446,11 +461,20 @@ async fn subject(
             .wait_auths(target, issued, Duration::from_secs(30))
             .await;
         tokio::time::sleep(Duration::from_secs(6)).await;
+        let publish = published
+            .lock()
+            .ok()
+            .and_then(|v| v.iter().find(|t| **t + Duration::from_secs(1) >= issued).copied());
         let own_report = ours.as_ref().and_then(|(p, _)| {
             p.fan_out_reports().last().map(|r| {
                 format!(
-                    "{} conns, p50 {:?}, p99 {:?}, max {:?}, {} retried",
-                    r.connections, r.p50, r.p99, r.max, r.failed_attempts
+                    "{} conns, p50 {:?}, p99 {:?}, max {:?}, {} retried; issue → publish {:?}",
+                    r.connections,
+                    r.p50,
+                    r.p99,
+                    r.max,
+                    r.failed_attempts,
+                    publish.map(|t| t.saturating_duration_since(issued))
                 )
             })
         });
