@@ -10,8 +10,9 @@
 //! `localhost`, `[::1]`) so a local emulator works.
 
 use std::fmt;
-// Address parsing only (is this host loopback?): no socket is ever opened here.
-use std::net::{IpAddr, Ipv6Addr};
+// `core::net`, not `std::net`: address values and their parsers (is this host loopback?),
+// no socket API in reach.
+use core::net::{IpAddr, Ipv6Addr};
 
 use crate::error::ConfigError;
 
