@@ -131,6 +131,7 @@ pub mod machine;
 /// no clock: a runtime or the CLI records them with the `metrics` crate or anything else)
 pub mod metrics;
 pub mod observed;
+pub mod reauth_window;
 pub mod secret;
 pub mod startup;
 #[cfg(any(test, feature = "testing"))]

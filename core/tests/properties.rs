@@ -196,3 +196,72 @@ fn rare_ops_sequence_regressions() {
         driver.apply(op);
     }
 }
+
+/// One observation fed to a `ReauthWindow`: an answer (round trip in µs, in flight, others
+/// waiting), a timeout or the end of a burst
+#[derive(Clone, Debug)]
+enum WindowInput {
+    Answer(u64, usize, bool),
+    Timeout,
+    Idle,
+}
+
+fn window_input() -> impl Strategy<Value = WindowInput> {
+    prop_oneof![
+        8 => (0u64..10_000_000, 0usize..10_000, any::<bool>())
+            .prop_map(|(rtt, n, waiting)| WindowInput::Answer(rtt, n, waiting)),
+        1 => Just(WindowInput::Idle),
+        1 => Just(WindowInput::Timeout),
+    ]
+}
+
+proptest! {
+    /// Whatever the server and network do, the re-AUTH window stays within its bounds and
+    /// grows only by doubling when AUTHs waited for a place, the base round trip is the least one seen in the
+    /// burst, and a burst's end brings the window back to its minimum.
+    #[test]
+    fn the_reauth_window_stays_within_its_bounds(
+        min in 0usize..100,
+        max in 0usize..5000,
+        inputs in proptest::collection::vec(window_input(), 1..500),
+    ) {
+        use redis_entraid_core::reauth_window::{ReauthWindow, Sent};
+        let mut w = ReauthWindow::new(min, max);
+        let floor = w.window();
+        let ceiling = max.max(floor);
+        let mut least: Option<Duration> = None;
+        let mut waited = false;
+        for input in inputs {
+            let before = w.window();
+            match input {
+                WindowInput::Answer(rtt, n, waiting) => {
+                    let rtt = Duration::from_micros(rtt);
+                    least = Some(least.map_or(rtt, |l| l.min(rtt)));
+                    waited |= waiting;
+                    let after = w.on_answer(rtt, Sent::new(n, waiting));
+                    // Held, lowered, or doubled (up to the ceiling) after AUTHs waited.
+                    prop_assert!(
+                        after <= before || (waited && after == (2 * before).min(ceiling)),
+                        "{} -> {}", before, after
+                    );
+                    if after != before {
+                        waited = false;
+                    }
+                    prop_assert_eq!(w.base_round_trip(), least);
+                }
+                WindowInput::Timeout => {
+                    let after = w.on_timeout();
+                    prop_assert!(after <= before);
+                    waited = false;
+                }
+                WindowInput::Idle => {
+                    w.on_idle();
+                    least = None;
+                    waited = false;
+                    prop_assert_eq!(w.window(), floor);
+                }
+            }
+            prop_assert!(w.window() >= floor && w.window() <= ceiling);
+        }
+    }
+}

@@ -21,12 +21,13 @@ mod manager;
 mod reauth;
 mod runtime;
 mod stream;
+mod window;
 
 pub use connection::{client_with_credentials, EntraClient, EntraConnection};
 pub use manager::{EntraConnectionManager, ManagerConfig};
-pub use reauth::MAX_REAUTHS_IN_FLIGHT;
 pub use runtime::{ProviderHandle, ProviderLink, Runtime};
 pub use stream::{credentials_stream, report_error};
+pub use window::{reauth_window, MAX_REAUTHS_IN_FLIGHT, MIN_REAUTHS_IN_FLIGHT};
 
 #[doc(hidden)]
 pub mod __private {

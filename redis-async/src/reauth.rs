@@ -7,7 +7,6 @@
 
 use std::time::{Duration, Instant};
 
-use async_lock::Semaphore;
 use redis::aio::MultiplexedConnection;
 use redis::RedisError;
 use redis_entraid_core::backoff::Backoff;
@@ -19,6 +18,7 @@ use redis_entraid_core::observed::Observed;
 use redis_entraid_core::token::Credentials;
 
 use crate::runtime::{timeout, ProviderLink, Runtime};
+use crate::window;
 
 /// An `AUTH` not answered within this is sent again. It queues behind the commands already
 /// pipelined on the connection, so this bounds a stuck or very busy connection, not a slow
@@ -26,20 +26,6 @@ use crate::runtime::{timeout, ProviderLink, Runtime};
 /// with at least the lower bound left) many retries before expiry; a timed-out `AUTH` that
 /// completes later is harmless (the server keeps the newest `AUTH`'s token).
 const AUTH_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Re-`AUTH`s in flight at once, over the whole process (every runtime, every provider)
-///
-/// A rotation wakes every connection's task at the same moment; unbounded, a thousand
-/// `AUTH`s enter the runtime's run queue and the server's at once, and every other command
-/// waits behind all of them (measured with `bench/peers`: PING p99 more than doubled for the
-/// second after a rotation). The fan-out is bound by `AUTH` throughput either way, so a
-/// bounded burst finishes about as soon while other traffic waits behind at most this many.
-pub const MAX_REAUTHS_IN_FLIGHT: usize = 32;
-
-/// The permits behind [`MAX_REAUTHS_IN_FLIGHT`]. Waiters are woken in the order they came;
-/// the `AUTH` timeout starts once a permit is held, so waiting for one is never mistaken for
-/// an unanswered `AUTH`.
-static REAUTH_PERMITS: Semaphore = Semaphore::new(MAX_REAUTHS_IN_FLIGHT);
 
 /// Delays between `AUTH` retries: quick at first (a refused `AUTH` is usually a blip: a
 /// failover, a token the server has not yet seen), then at most a second apart so a
@@ -150,8 +136,25 @@ pub(crate) async fn run<L: ProviderLink>(
         let mut failures = 0u32;
         loop {
             let outcome = {
-                let _permit = REAUTH_PERMITS.acquire().await;
-                timeout::<L::Runtime, _>(AUTH_TIMEOUT, auth(&mut con, &offer.credentials)).await
+                // The timeout starts once the window has room, so waiting for a place is
+                // never mistaken for an unanswered AUTH.
+                let slot = window::acquire().await;
+                let sent = L::Runtime::now();
+                let outcome =
+                    timeout::<L::Runtime, _>(AUTH_TIMEOUT, auth(&mut con, &offer.credentials))
+                        .await;
+                match &outcome {
+                    Some(Ok(())) => {
+                        slot.answered(L::Runtime::now().saturating_duration_since(sent))
+                    }
+                    // An error reply is a round trip too; a dropped connection is not.
+                    Some(Err(e)) if e.code().is_some() => {
+                        slot.answered(L::Runtime::now().saturating_duration_since(sent));
+                    }
+                    Some(Err(_)) => drop(slot),
+                    None => slot.timed_out(),
+                }
+                outcome
             };
             let error = match outcome {
                 Some(Ok(())) => {

@@ -16,8 +16,10 @@ use futures_util::stream::{self, StreamExt};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, EntraIdCredentialsProvider, RetryConfig};
 use redis_entraid_emulator::{Counters, Emulator, TokenSpec};
-use redis_entraid_tokio::redis_async::{EntraClient, EntraConnection};
+use redis_entraid_tokio::redis_async::{reauth_window, EntraClient, EntraConnection};
 use redis_entraid_tokio::{Identity, Provider, Startup};
+
+mod network;
 
 /// redis-rs refreshes a fixed 240 s before expiry, so a 300 s token rotates 60 s after it
 /// arrived; ours is configured to the same moment (lower bound 240 s) so both see the same
@@ -373,6 +375,8 @@ struct Args {
     connections: usize,
     rotations: usize,
     skip_economy: bool,
+    /// Round trip added between every client and Redis (0: loopback)
+    rtt: Duration,
 }
 
 /// One library with `n` connections through one provider: connects, probes, measures a
@@ -446,6 +450,19 @@ async fn subject(
             }
         });
     }
+    // The process-wide re-AUTH window's largest size since the last rotation's report, read
+    // every millisecond (a round lasts a round trip, at least a millisecond over a network).
+    let window_peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    if ours.is_some() {
+        let peak = window_peak.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                peak.fetch_max(reauth_window(), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+    }
     let mut last_token = first;
     for _ in 0..args.rotations {
         // The rotation's token: due one cycle after the last; the other subject's tokens
@@ -461,20 +478,23 @@ async fn subject(
             .wait_auths(target, issued, Duration::from_secs(30))
             .await;
         tokio::time::sleep(Duration::from_secs(6)).await;
-        let publish = published
-            .lock()
-            .ok()
-            .and_then(|v| v.iter().find(|t| **t + Duration::from_secs(1) >= issued).copied());
+        let publish = published.lock().ok().and_then(|v| {
+            v.iter()
+                .find(|t| **t + Duration::from_secs(1) >= issued)
+                .copied()
+        });
         let own_report = ours.as_ref().and_then(|(p, _)| {
             p.fan_out_reports().last().map(|r| {
                 format!(
-                    "{} conns, p50 {:?}, p99 {:?}, max {:?}, {} retried; issue → publish {:?}",
+                    "{} conns, p50 {:?}, p99 {:?}, max {:?}, {} retried; issue → publish {:?}; \
+                     re-AUTH window peak {}",
                     r.connections,
                     r.p50,
                     r.p99,
                     r.max,
                     r.failed_attempts,
-                    publish.map(|t| t.saturating_duration_since(issued))
+                    publish.map(|t| t.saturating_duration_since(issued)),
+                    window_peak.swap(0, Ordering::Relaxed)
                 )
             })
         });
@@ -781,6 +801,7 @@ fn parse_args() -> Result<Args, String> {
         connections: 1000,
         rotations: 5,
         skip_economy: false,
+        rtt: Duration::ZERO,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -794,10 +815,11 @@ fn parse_args() -> Result<Args, String> {
             "--connections" => a.connections = num("--connections")?.max(PROBES),
             "--rotations" => a.rotations = num("--rotations")?.max(1),
             "--skip-economy" => a.skip_economy = true,
+            "--rtt-ms" => a.rtt = Duration::from_millis(num("--rtt-ms")? as u64),
             "-h" | "--help" => {
                 return Err(
                     "usage: bench-peers [--connections N (1000)] [--rotations N (5)] \
-                     [--skip-economy]"
+                     [--skip-economy] [--rtt-ms MS (0: loopback)]"
                         .into(),
                 )
             }
@@ -850,14 +872,22 @@ fn run() -> Result<(), String> {
         ));
     }
     let sp = &emu.identities().service_principal;
+    let redis_addr = emu.redis_addr().ok_or("emulator without redis")?;
+    let redis_addr = if args.rtt.is_zero() {
+        redis_addr
+    } else {
+        let relay = network::start_relay(redis_addr, args.rtt)?;
+        println!(
+            "network: every client reaches Redis through a relay adding {:?} per round trip",
+            args.rtt
+        );
+        relay
+    };
     let env = Arc::new(Env {
         tenant: emu.tenant_id().to_string(),
         client_id: sp.client_id.clone(),
         secret: sp.client_secret.expose().to_string(),
-        redis_url: format!(
-            "redis://{}",
-            emu.redis_addr().ok_or("emulator without redis")?
-        ),
+        redis_url: format!("redis://{redis_addr}"),
         oid: sp.object_id.clone(),
     });
     // The floor's token: minted by the emulator (not counted as a request), same identity.

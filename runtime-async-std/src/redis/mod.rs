@@ -71,7 +71,7 @@ use redis_entraid_core::observed::Observed;
 use redis_entraid_redis_async as shared;
 
 pub use redis_entraid_core::fan_out::FanOutReport;
-pub use shared::{ManagerConfig, MAX_REAUTHS_IN_FLIGHT};
+pub use shared::{reauth_window, ManagerConfig, MAX_REAUTHS_IN_FLIGHT, MIN_REAUTHS_IN_FLIGHT};
 
 use crate::provider::WeakProvider;
 use crate::Provider;
