@@ -6,7 +6,10 @@
 # scripts/footprint.sh (goals 1 and 5) when it exists.
 #
 # Usage: bash scripts/bench-peers.sh [--connections N] [--rotations N] [--skip-economy]
-# (defaults 1000 connections, 5 rotations: about 8 minutes of measuring after the build).
+#        [--rtt-ms MS]
+# (defaults 1000 connections, 5 rotations: about 8 minutes of measuring after the build;
+# --rtt-ms puts a relay adding MS per round trip between every client and Redis, a network
+# instead of loopback).
 # Needs cargo and redis-server (installed from the distribution when missing). The harness is
 # its own cargo workspace (bench/peers, lock file committed) and builds into
 # bench/peers/target (gitignored; BENCH_TARGET_DIR overrides it), so the library crates'

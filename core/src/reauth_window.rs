@@ -19,8 +19,9 @@
 //!   p99 during a rotation). The median is neither fooled by a few quick answers nor by a
 //!   few slow ones.
 //! - With `n` in flight, about `n × (median − base) / median` `AUTH`s waited at the server.
-//!   Under half the minimum window, and the window held others back, it doubles (slow
-//!   start); above the minimum window, it sheds the excess; in between it holds. An `AUTH`
+//!   Under a quarter of the minimum window, while others wait for a place, it quadruples;
+//!   under half, it doubles (slow start, hurried: a burst lasts a few rounds); above the
+//!   minimum window it sheds the excess; in between it holds. An `AUTH`
 //!   with no answer halves it. It never drops below its minimum, so the worst case is the
 //!   fixed bound it replaces, and it never passes its maximum.
 //!
@@ -30,8 +31,8 @@
 //! TCP does after an idle period, RFC 2861). Within a burst, the first answers had nothing of
 //! ours queued ahead of them, so `base` is sound; one that is still too small (a sample from a
 //! nearer server) reads as queueing, which only makes the window more careful. Learning costs
-//! a round trip or two per burst: over a long path 1,000 `AUTH`s leave in rounds of 32, 32,
-//! 64, 128, 256, 512, against one round unbounded.
+//! a round trip or two per burst: over a long path with nothing queued, 1,000 `AUTH`s leave
+//! in rounds of 32, 128 and 512 (then the rest), against one round unbounded.
 
 use std::time::Duration;
 
@@ -42,20 +43,21 @@ use std::time::Duration;
 /// # Example
 /// ```
 /// use std::time::Duration;
-/// use redis_entraid_core::reauth_window::{ReauthWindow, Sent};
+/// use redis_entraid_core::reauth_window::{Answer, ReauthWindow};
 ///
 /// let mut window = ReauthWindow::new(32, 4096);
-/// // One round over a 2 ms path with nothing queued, while other AUTHs waited: it doubles.
+/// // One round over a 2 ms path with nothing queued, while other AUTHs waited for a
+/// // place: it quadruples.
 /// for _ in 0..32 {
-///     window.on_answer(Duration::from_millis(2), Sent::new(32, true));
+///     window.on_answer(Answer::new(Duration::from_millis(2), 32, true));
 /// }
-/// assert_eq!(window.window(), 64);
-/// // The next round's fastest answer took 4 ms with 64 in flight: 32 waited at the
-/// // server, as many as the minimum window allows, so it holds.
-/// for _ in 0..64 {
-///     window.on_answer(Duration::from_millis(4), Sent::new(64, true));
+/// assert_eq!(window.window(), 128);
+/// // The next round's median answer took 2.5 ms with 128 in flight: about 26 waited at
+/// // the server, fewer than the minimum window allows, so it holds.
+/// for _ in 0..128 {
+///     window.on_answer(Answer::new(Duration::from_micros(2500), 128, true));
 /// }
-/// assert_eq!(window.window(), 64);
+/// assert_eq!(window.window(), 128);
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReauthWindow {
@@ -106,14 +108,19 @@ impl ReauthWindow {
         self.base
     }
 
-    /// An `AUTH` was answered (`OK` or refused) `round_trip` after it was sent; `sent` says
-    /// how it left. Returns the window, changed when this answer ends a round.
-    pub fn on_answer(&mut self, round_trip: Duration, sent: Sent) -> usize {
+    /// An `AUTH` was answered (`OK` or refused). Returns the window, changed when this
+    /// answer ends a round.
+    pub fn on_answer(&mut self, answer: Answer) -> usize {
+        let Answer {
+            round_trip,
+            in_flight,
+            others_waiting,
+        } = answer;
         self.base = Some(least(self.base, round_trip));
         let round = &mut self.round;
         round.round_trips.push(round_trip);
-        round.most_in_flight = round.most_in_flight.max(sent.in_flight);
-        round.held_back |= sent.others_waiting;
+        round.most_in_flight = round.most_in_flight.max(in_flight);
+        round.held_back |= others_waiting;
         if round.round_trips.len() < self.window {
             return self.window;
         }
@@ -137,11 +144,12 @@ impl ReauthWindow {
             // the next round shows whether that was enough.
             let excess = (queued - self.min as f64).ceil() as usize;
             self.window = self.window.saturating_sub(excess).max(self.min);
-        } else if queued < (self.min / 2) as f64 && held_back {
+        } else if queued < self.min as f64 / 2.0 && held_back {
             // Only a round in which AUTHs waited for a place says the window held the burst
-            // back: neither the first round (each AUTH left at once) nor the tail (nobody
-            // left waiting) may grow it on no evidence.
-            self.window = self.window.saturating_mul(2).min(self.max);
+            // back: the tail of a burst (nobody left waiting) may not grow it on no evidence.
+            // A burst is over in a handful of rounds, so an empty queue quadruples it.
+            let factor = if queued < self.min as f64 / 4.0 { 4 } else { 2 };
+            self.window = self.window.saturating_mul(factor).min(self.max);
         }
         self.window
     }
@@ -167,20 +175,22 @@ fn least(seen: Option<Duration>, sample: Duration) -> Duration {
     seen.map_or(sample, |seen| seen.min(sample))
 }
 
-/// An `AUTH` as it left: how many were in flight with it (itself included), and whether
-/// others were still waiting for a place
+/// One answered `AUTH`: its round trip, how many were in flight when it left (itself
+/// included), and whether others were waiting for a place when its answer came
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Sent {
+pub struct Answer {
+    round_trip: Duration,
     in_flight: usize,
     others_waiting: bool,
 }
 
-impl Sent {
-    /// An `AUTH` leaves with `in_flight` outstanding (itself included) while, or while not,
-    /// `others_waiting` for a place in the window
+impl Answer {
+    /// An `AUTH` answered `round_trip` after it left with `in_flight` outstanding (itself
+    /// included), while, or while not, `others_waiting` for a place in the window
     #[must_use]
-    pub const fn new(in_flight: usize, others_waiting: bool) -> Self {
+    pub const fn new(round_trip: Duration, in_flight: usize, others_waiting: bool) -> Self {
         Self {
+            round_trip,
             in_flight,
             others_waiting,
         }
@@ -196,14 +206,14 @@ mod tests {
     /// Feeds one full round of answers, each with `rtt(i)` and `n` in flight
     fn round(w: &mut ReauthWindow, n: usize, waiting: bool, rtt: impl Fn(usize) -> Duration) {
         for i in 0..w.window() {
-            w.on_answer(rtt(i), Sent::new(n, waiting));
+            w.on_answer(Answer::new(rtt(i), n, waiting));
         }
     }
 
     #[test]
-    fn a_long_path_with_no_queue_doubles_the_window_every_round() {
+    fn a_long_path_with_no_queue_quadruples_the_window_every_round() {
         let mut w = ReauthWindow::new(32, 4096);
-        for expected in [64, 128, 256] {
+        for expected in [128, 512, 2048, 4096] {
             let n = w.window();
             round(&mut w, n, true, |_| 2 * MS);
             assert_eq!(w.window(), expected);
@@ -213,7 +223,8 @@ mod tests {
     #[test]
     fn jitter_on_a_long_path_does_not_read_as_queueing() {
         // Round trips scatter from 2 to 2.4 ms: the median reads about 9 % of what is in
-        // flight as queued, so the window doubles until that is 16 and then holds.
+        // flight as queued, so the window grows (4×, then 2×) until that is 16 and then
+        // holds.
         let mut w = ReauthWindow::new(32, 4096);
         for _ in 0..4 {
             let n = w.window();
@@ -240,13 +251,14 @@ mod tests {
     #[test]
     fn a_loopback_server_queue_holds_the_window_at_its_minimum() {
         // A server that serves one AUTH every 25 µs behind a 40 µs path. The first round
-        // leaves at once, nobody waiting yet: AUTH k had k - 1 ahead of it.
+        // leaves at once: AUTH k had k - 1 ahead of it.
         let mut w = ReauthWindow::new(32, 4096);
         for k in 1..=32u64 {
-            w.on_answer(
+            w.on_answer(Answer::new(
                 Duration::from_micros(40 + 25 * k),
-                Sent::new(k as usize, false),
-            );
+                k as usize,
+                true,
+            ));
         }
         assert_eq!(w.window(), 32);
         // From then on every AUTH waits behind the n - 1 sent before it.
@@ -263,7 +275,6 @@ mod tests {
     fn queueing_beyond_the_minimum_sheds_the_excess_at_once() {
         let mut w = ReauthWindow::new(32, 4096);
         round(&mut w, 32, true, |_| MS);
-        round(&mut w, 64, true, |_| MS);
         assert_eq!(w.window(), 128);
         // The next round's fastest answer takes 2 ms: half of the 128 in flight waited,
         // 32 more than the minimum allows.
@@ -276,7 +287,7 @@ mod tests {
     }
 
     #[test]
-    fn answers_to_auths_sent_while_nobody_waited_do_not_grow_the_window() {
+    fn answers_while_nobody_waits_do_not_grow_the_window() {
         let mut w = ReauthWindow::new(32, 4096);
         for _ in 0..10 {
             round(&mut w, 32, false, |_| MS);
@@ -288,19 +299,18 @@ mod tests {
     fn the_window_only_changes_at_the_end_of_a_round() {
         let mut w = ReauthWindow::new(32, 4096);
         for _ in 0..31 {
-            assert_eq!(w.on_answer(MS, Sent::new(32, true)), 32);
+            assert_eq!(w.on_answer(Answer::new(MS, 32, true)), 32);
         }
-        assert_eq!(w.on_answer(MS, Sent::new(32, true)), 64);
+        assert_eq!(w.on_answer(Answer::new(MS, 32, true)), 128);
     }
 
     #[test]
     fn an_unanswered_auth_halves_the_window_down_to_its_minimum() {
         let mut w = ReauthWindow::new(32, 4096);
-        for _ in 0..3 {
-            let n = w.window();
-            round(&mut w, n, true, |_| MS);
-        }
-        assert_eq!(w.window(), 256);
+        round(&mut w, 32, true, |_| MS);
+        round(&mut w, 128, true, |_| MS);
+        assert_eq!(w.window(), 512);
+        assert_eq!(w.on_timeout(), 256);
         assert_eq!(w.on_timeout(), 128);
         assert_eq!(w.on_timeout(), 64);
         assert_eq!(w.on_timeout(), 32);
@@ -311,12 +321,12 @@ mod tests {
     fn an_idle_window_starts_the_next_burst_afresh() {
         let mut w = ReauthWindow::new(32, 4096);
         round(&mut w, 32, true, |_| Duration::from_micros(50));
-        assert_eq!(w.window(), 64);
+        assert_eq!(w.window(), 128);
         w.on_idle();
         assert_eq!(w, ReauthWindow::new(32, 4096));
         // A far path right after a near one: measured on its own base, so it grows.
         round(&mut w, 32, true, |_| 20 * MS);
-        assert_eq!(w.window(), 64);
+        assert_eq!(w.window(), 128);
         assert_eq!(w.base_round_trip(), Some(20 * MS));
     }
 
@@ -334,12 +344,12 @@ mod tests {
     fn base_is_the_least_round_trip_and_a_zero_round_trip_counts_as_no_queue() {
         let mut w = ReauthWindow::new(4, 8);
         for rtt in [3, 2, 5] {
-            w.on_answer(rtt * MS, Sent::new(1, false));
+            w.on_answer(Answer::new(rtt * MS, 1, false));
         }
         assert_eq!(w.base_round_trip(), Some(2 * MS));
         let mut paused = ReauthWindow::new(2, 8);
-        paused.on_answer(Duration::ZERO, Sent::new(2, true));
-        assert_eq!(paused.on_answer(Duration::ZERO, Sent::new(2, true)), 4);
+        paused.on_answer(Answer::new(Duration::ZERO, 2, true));
+        assert_eq!(paused.on_answer(Answer::new(Duration::ZERO, 2, true)), 8);
     }
 
     #[test]

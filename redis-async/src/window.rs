@@ -13,7 +13,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_lock::{Semaphore, SemaphoreGuard};
-use redis_entraid_core::reauth_window::{ReauthWindow, Sent};
+use redis_entraid_core::reauth_window::{Answer, ReauthWindow};
 
 /// The fewest re-`AUTH`s the process lets be in flight at once: the window's floor, and its
 /// size until round trips show the server has room for more
@@ -77,14 +77,14 @@ pub fn reauth_window() -> usize {
 pub(crate) async fn acquire() -> Slot {
     let demand = Demand::enter();
     let permit = WINDOW.permits.acquire().await;
-    let sent = {
+    let in_flight = {
         let mut shared = shared();
         shared.in_flight += 1;
-        Sent::new(shared.in_flight, shared.demand > shared.in_flight)
+        shared.in_flight
     };
     Slot {
         permit: Some(permit),
-        sent,
+        in_flight,
         _demand: demand,
     }
 }
@@ -124,7 +124,8 @@ impl Drop for Demand {
 /// One `AUTH`'s place in the window
 pub(crate) struct Slot {
     permit: Option<SemaphoreGuard<'static>>,
-    sent: Sent,
+    /// `AUTH`s in flight when this one left, itself included
+    in_flight: usize,
     /// Dropped after the permit is settled, so the end of a burst sees every permit back
     _demand: Demand,
 }
@@ -132,22 +133,27 @@ pub(crate) struct Slot {
 impl Slot {
     /// The server answered (`OK` or an error reply) `round_trip` after the `AUTH` was sent.
     pub(crate) fn answered(mut self, round_trip: Duration) {
-        let sent = self.sent;
-        self.settle(|w| w.on_answer(round_trip, sent));
+        let in_flight = self.in_flight;
+        self.settle(|w, others_waiting| {
+            w.on_answer(Answer::new(round_trip, in_flight, others_waiting))
+        });
     }
 
     /// No answer came in time.
     pub(crate) fn timed_out(mut self) {
-        self.settle(ReauthWindow::on_timeout);
+        self.settle(|w, _| w.on_timeout());
     }
 
-    fn settle(&mut self, decide: impl FnOnce(&mut ReauthWindow) -> usize) {
+    /// Frees this place and resizes the window with `decide`, told whether others wait for
+    /// a place (the burst is larger than the window)
+    fn settle(&mut self, decide: impl FnOnce(&mut ReauthWindow, bool) -> usize) {
         let Some(permit) = self.permit.take() else {
             return;
         };
         let mut shared = shared();
+        let others_waiting = shared.demand > shared.in_flight;
         shared.in_flight = shared.in_flight.saturating_sub(1);
-        let target = decide(&mut shared.window);
+        let target = decide(&mut shared.window, others_waiting);
         if shared.issued < target {
             WINDOW.permits.add_permits(target - shared.issued);
             shared.issued = target;
@@ -162,6 +168,6 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.settle(|w| w.window());
+        self.settle(|w, _| w.window());
     }
 }
