@@ -71,7 +71,7 @@ pub struct ReauthWindow {
 }
 
 /// What the answers of the current round showed
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Round {
     round_trips: Vec<Duration>,
     most_in_flight: usize,
@@ -118,7 +118,8 @@ impl ReauthWindow {
             in_flight,
             others_waiting,
         } = answer;
-        self.base = Some(least(self.base, round_trip));
+        let base = least(self.base, round_trip);
+        self.base = Some(base);
         let round = &mut self.round;
         round.round_trips.push(round_trip);
         round.most_in_flight = round.most_in_flight.max(in_flight);
@@ -126,21 +127,15 @@ impl ReauthWindow {
         if round.round_trips.len() < self.window {
             return self.window;
         }
-        let mut round = std::mem::take(&mut self.round);
         let middle = round.round_trips.len() / 2;
         let (_, &mut now, _) = round.round_trips.select_nth_unstable(middle);
-        let base = self.base.unwrap_or(now);
         let queued = if now.is_zero() {
             0.0
         } else {
             round.most_in_flight as f64 * (now - base).as_secs_f64() / now.as_secs_f64()
         };
         let held_back = round.held_back;
-        // The next round reuses the allocation.
-        round.round_trips.clear();
-        round.most_in_flight = 0;
-        round.held_back = false;
-        self.round = round;
+        round.restart();
         if queued > self.min as f64 {
             // Shed what waits beyond the minimum's worth, in one step: a round trip later
             // the next round shows whether that was enough.
@@ -166,10 +161,17 @@ impl ReauthWindow {
     /// new window.
     pub fn on_timeout(&mut self) -> usize {
         self.window = (self.window / 2).max(self.min);
-        self.round.round_trips.clear();
-        self.round.most_in_flight = 0;
-        self.round.held_back = false;
+        self.round.restart();
         self.window
+    }
+}
+
+impl Round {
+    /// Forgets the answers seen, keeping the allocation for the next round
+    fn restart(&mut self) {
+        self.round_trips.clear();
+        self.most_in_flight = 0;
+        self.held_back = false;
     }
 }
 

@@ -144,14 +144,9 @@ pub(crate) async fn run<L: ProviderLink>(
                     timeout::<L::Runtime, _>(AUTH_TIMEOUT, auth(&mut con, &offer.credentials))
                         .await;
                 match &outcome {
-                    Some(Ok(())) => {
-                        slot.answered(L::Runtime::now().saturating_duration_since(sent))
-                    }
                     // An error reply is a round trip too; a dropped connection is not.
-                    Some(Err(e)) if e.code().is_some() => {
-                        slot.answered(L::Runtime::now().saturating_duration_since(sent));
-                    }
-                    Some(Err(_)) => drop(slot),
+                    Some(Err(e)) if e.code().is_none() => drop(slot),
+                    Some(_) => slot.answered(L::Runtime::now().saturating_duration_since(sent)),
                     None => slot.timed_out(),
                 }
                 outcome
